@@ -1,0 +1,99 @@
+/**
+ * The proxy's configuration: one typed object, built from defaults, a config file and CLI flags
+ * (later sources win). Defaults follow Prosody's mod_smacks where the option exists there
+ * (design.md §5). Units are in the key names: `...Seconds`, `...Bytes`.
+ */
+
+/** How the proxy secures its link to the upstream server. */
+export type UpstreamTlsMode =
+  /** STARTTLS whenever the upstream offers it (required if the upstream requires it). */
+  | 'auto'
+  /** Refuse an upstream that does not offer STARTTLS. */
+  | 'required'
+  /** Never STARTTLS (loopback-only deployments); refused if the upstream requires TLS. */
+  | 'none';
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface Config {
+  /** The XMPP domain(s) served: a stream opened `to` another domain gets `host-unknown`. */
+  domains: string[];
+  upstream: {
+    host: string;
+    port: number;
+    tls: UpstreamTlsMode;
+    /** PEM file with CA certificates trusted for the upstream (in addition to the system CAs). */
+    caFile?: string;
+    /** Accept any upstream certificate, self-signed included (explicit opt-in). */
+    acceptSelfSigned: boolean;
+    /** Give up connecting after this long (seconds). */
+    connectTimeoutSeconds: number;
+  };
+  listen: {
+    /** STARTTLS listeners (RFC 6120 §5); empty disables. Default 0.0.0.0:5222. */
+    starttls: ListenAddress[];
+    /** Direct TLS listeners (XEP-0368); empty disables. Default 0.0.0.0:5223. */
+    directTls: ListenAddress[];
+  };
+  tls: {
+    /** PEM certificate (chain) and key files. */
+    certFile?: string;
+    keyFile?: string;
+    /** PKCS#12 keystore (Openfire's) and its password. */
+    pkcs12File?: string;
+    pkcs12Password?: string;
+  };
+  sm: {
+    /** How long a vanished client's session is kept for resumption (seconds; mod_smacks: 600). */
+    hibernationSeconds: number;
+    /** Unacked stanzas tolerated before the proxy sends `<r/>` (mod_smacks: 0). */
+    maxUnackedStanzas: number;
+    /** Unacked outbound stanzas kept per session before it becomes unresumable (mod_smacks: 500). */
+    maxQueueSize: number;
+    /** No ack for this long fires the ack-delayed event (seconds; mod_smacks: 30). */
+    maxAckDelaySeconds: number;
+    /** Old sessions' `h` remembered per account for late resumes (mod_smacks: 10). */
+    maxOldSessions: number;
+  };
+  limits: {
+    /** Largest top-level element accepted from a client (bytes). */
+    maxStanzaBytes: number;
+    /** Deepest element nesting accepted inside a stanza. */
+    maxDepth: number;
+  };
+  log: {
+    level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  };
+}
+
+/** Every default in one place. */
+export const DEFAULTS: Config = {
+  domains: [],
+  upstream: {
+    host: '127.0.0.1',
+    port: 15222,
+    tls: 'auto',
+    acceptSelfSigned: false,
+    connectTimeoutSeconds: 10,
+  },
+  listen: {
+    starttls: [{ host: '0.0.0.0', port: 5222 }],
+    directTls: [{ host: '0.0.0.0', port: 5223 }],
+  },
+  tls: {},
+  sm: {
+    hibernationSeconds: 600,
+    maxUnackedStanzas: 0,
+    maxQueueSize: 500,
+    maxAckDelaySeconds: 30,
+    maxOldSessions: 10,
+  },
+  limits: {
+    maxStanzaBytes: 256 * 1024,
+    maxDepth: 32,
+  },
+  log: { level: 'info' },
+};
