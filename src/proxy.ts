@@ -1,0 +1,104 @@
+import * as fs from 'node:fs';
+import type { AddressInfo, Server, Socket } from 'node:net';
+import * as tls from 'node:tls';
+import type { Element } from 'ltx';
+import type { Logger } from 'pino';
+import type { Config } from './config/config.ts';
+import { loadTlsCredentials } from './tls/certificates.ts';
+import { listenC2s } from './c2s/listener.ts';
+import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
+import { UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
+import { SessionRegistry } from './sm/registry.ts';
+import { Session, failed, type SessionDeps } from './session/session.ts';
+import { StreamError } from './xml/stream-error.ts';
+
+/** A running proxy. */
+export interface Proxy {
+  /** The bound listener addresses (ports resolved when 0 was asked), STARTTLS then direct TLS. */
+  addresses: { starttls: AddressInfo[]; directTls: AddressInfo[] };
+  /** Live sessions, attached or hibernating. */
+  sessions: ReadonlySet<Session>;
+  /** Stops listening, ends every session (clients get `system-shutdown`) and closes upstream links. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the proxy: loads the certificate, opens the c2s listeners and wires client streams,
+ * upstream links and sessions together (design §2–§4).
+ * @throws CertificateError for unusable certificates; Error when a port cannot be bound.
+ */
+export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
+  const credentials = await loadTlsCredentials(config.tls, config.domains);
+  log.info({ source: credentials.source, names: credentials.names, notAfter: credentials.notAfter }, 'TLS certificate loaded');
+  if (credentials.notAfter.getTime() < Date.now()) log.warn('the TLS certificate has expired');
+  const secureContext = tls.createSecureContext({ key: credentials.key, cert: credentials.cert });
+
+  const registry = new SessionRegistry<Session>(config.sm.maxOldSessions);
+  const sessions = new Set<Session>();
+  const clients = new Set<ClientStream>();
+  const upstreamCa = config.upstream.caFile ? [fs.readFileSync(config.upstream.caFile, 'utf8')] : undefined;
+
+  const upstreamOptions = (domain: string): UpstreamOptions => ({
+    host: config.upstream.host,
+    port: config.upstream.port,
+    domain,
+    tls: config.upstream.tls,
+    ca: upstreamCa,
+    acceptSelfSigned: config.upstream.acceptSelfSigned,
+    timeoutMs: config.upstream.connectTimeoutSeconds * 1000,
+    limits: { maxStanzaBytes: Math.max(config.limits.maxStanzaBytes * 4, 1 << 20), maxDepth: config.limits.maxDepth * 2 },
+  });
+
+  const sessionDeps: SessionDeps = {
+    registry,
+    sm: config.sm,
+    hibernationSeconds: config.sm.hibernationSeconds,
+    log,
+  };
+
+  const clientDeps: ClientStreamDeps = {
+    domains: new Set(config.domains),
+    secureContext,
+    limits: config.limits,
+    log,
+    login: (cred, domain) => UpstreamLink.open(upstreamOptions(domain), cred),
+    bound(client, link, fullJid) {
+      const session = new Session(sessionDeps, client, link, fullJid);
+      sessions.add(session);
+      session.once('ended', () => sessions.delete(session));
+      session.log.info('session started');
+    },
+    resume(client: ClientStream, el: Element) {
+      const id = String(el.attrs.previd ?? '');
+      const session = registry.get(id, client.bareJid!);
+      if (!session) {
+        // Unknown, expired, or another account's id: the same answer (XEP-0198 §5).
+        client.write(failed('item-not-found', registry.oldH(id, client.bareJid!)));
+        client.log.info('resume failed: unknown session');
+        return;
+      }
+      if (session.resume(client, el)) client.closeSpareLink();
+    },
+  };
+
+  const servers: Server[] = await listenC2s(config.listen, credentials, (socket: Socket, direct: boolean) => {
+    const client = new ClientStream(socket, direct, clientDeps);
+    clients.add(client);
+    client.once('close', () => clients.delete(client));
+  });
+  const addresses = {
+    starttls: servers.slice(0, config.listen.starttls.length).map((s) => s.address() as AddressInfo),
+    directTls: servers.slice(config.listen.starttls.length).map((s) => s.address() as AddressInfo),
+  };
+  log.info({ starttls: addresses.starttls.map((a) => a.port), directTls: addresses.directTls.map((a) => a.port), upstream: `${config.upstream.host}:${config.upstream.port}` }, 'proxy listening');
+
+  return {
+    addresses,
+    sessions,
+    async close() {
+      await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+      for (const session of [...sessions]) session.end('proxy shutting down');
+      for (const client of [...clients]) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
+    },
+  };
+}

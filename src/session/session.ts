@@ -1,0 +1,207 @@
+import { EventEmitter } from 'node:events';
+import { parse, type Element } from 'ltx';
+import type { Logger } from 'pino';
+import type { ClientStream } from '../c2s/client-stream.ts';
+import type { UpstreamLink } from '../upstream/link.ts';
+import { StreamManagement, type SmOptions } from '../sm/stream-management.ts';
+import type { SessionRegistry } from '../sm/registry.ts';
+import { parseH } from '../sm/counter.ts';
+import { NS, isStanzaName } from '../xml/stream-header.ts';
+import { StreamError } from '../xml/stream-error.ts';
+
+/** What a session needs from the proxy, passed in by name. */
+export interface SessionDeps {
+  registry: SessionRegistry<Session>;
+  sm: SmOptions;
+  /** Hibernation time (seconds), also advertised as `max` in `<enabled/>`. */
+  hibernationSeconds: number;
+  log: Logger;
+}
+
+/**
+ * One authenticated client resource (design §2): the client stream (may vanish: hibernation),
+ * the upstream link, and the XEP-0198 state between them. The per-stanza path is
+ * `#fromClient` and `#fromUpstream`.
+ *
+ * Events:
+ * - `hibernating` (): the client vanished; the session waits for a resume.
+ * - `resumed` (): a client resumed it.
+ * - `ended` (reason: string): the session is over (upstream closed, timeout, client left).
+ */
+export class Session extends EventEmitter {
+  readonly bareJid: string;
+  readonly fullJid: string;
+  readonly sm: StreamManagement;
+  log: Logger;
+  #client: ClientStream | undefined;
+  #upstream: UpstreamLink;
+  #resumeId: string | undefined;
+  #hibernationTimer: NodeJS.Timeout | undefined;
+  #ended = false;
+  readonly #deps: SessionDeps;
+
+  constructor(deps: SessionDeps, client: ClientStream, upstream: UpstreamLink, fullJid: string) {
+    super();
+    this.#deps = deps;
+    this.fullJid = fullJid;
+    this.bareJid = fullJid.split('/')[0]!;
+    this.log = client.log.child({ resource: fullJid.slice(this.bareJid.length + 1) });
+    this.sm = new StreamManagement(deps.sm);
+    this.sm.on('overflow', () => this.log.warn('unacked queue overflowed: session no longer resumable'));
+    this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
+    this.#upstream = upstream;
+    upstream.on('element', (el: Element) => this.#fromUpstream(el));
+    upstream.once('close', (reason: string) => this.#onUpstreamClose(reason));
+    this.#attach(client);
+  }
+
+  /** True while a client stream is attached. */
+  get hibernating(): boolean {
+    return this.#client === undefined && !this.#ended;
+  }
+
+  // ---- the per-stanza path -------------------------------------------------------------------
+
+  #fromClient(el: Element): void {
+    if (isStanzaName(el.name)) {
+      this.sm.countInbound();
+      this.#upstream.send(el.toString());
+      return;
+    }
+    if (el.attrs.xmlns === NS.sm) return this.#smFromClient(el);
+    // Other nonzas (CSI, …) are the server's business.
+    this.#upstream.send(el.toString());
+  }
+
+  #fromUpstream(el: Element): void {
+    if (isStanzaName(el.name)) {
+      this.sm.send(el.toString(), Date.now());
+    }
+    // Upstream nonzas are for the proxy's link, never for the client.
+  }
+
+  // ---- XEP-0198 negotiation on the live stream ----------------------------------------------
+
+  #smFromClient(el: Element): void {
+    const client = this.#client!;
+    try {
+      if (this.sm.handleNonza(el)) return;
+    } catch (err) {
+      return client.fail(err as StreamError);
+    }
+    if (el.name === 'enable') {
+      if (this.sm.enabled) return client.write(failed('unexpected-request'));
+      this.sm.enable();
+      const resume = el.attrs.resume === 'true' || el.attrs.resume === '1';
+      if (resume) {
+        this.#resumeId = this.#deps.registry.add(this);
+        client.write(`<enabled xmlns='${NS.sm}' id='${this.#resumeId}' resume='true' max='${this.#deps.hibernationSeconds}'/>`);
+      } else {
+        client.write(`<enabled xmlns='${NS.sm}'/>`);
+      }
+      this.log.debug({ resume }, 'stream management enabled');
+      return;
+    }
+    if (el.name === 'resume') return client.write(failed('unexpected-request'));
+  }
+
+  // ---- client attach / hibernation / resumption ---------------------------------------------
+
+  #attach(client: ClientStream): void {
+    this.#client = client;
+    client.establish();
+    let cleanEnd = false;
+    client.on('element', (el: Element) => this.#fromClient(el));
+    client.on('end', () => {
+      cleanEnd = true;
+    });
+    client.once('close', () => {
+      if (this.#client !== client) return;
+      this.#client = undefined;
+      this.sm.attach(undefined);
+      if (cleanEnd || !this.#resumeId || this.sm.overflowed) this.end(cleanEnd ? 'client closed its stream' : 'client connection lost');
+      else this.#hibernate();
+    });
+    this.sm.attach((xml) => client.write(xml));
+  }
+
+  #hibernate(): void {
+    this.log.info(`client vanished: hibernating for up to ${this.#deps.hibernationSeconds} s`);
+    this.#hibernationTimer = setTimeout(() => this.end('hibernation timed out'), this.#deps.hibernationSeconds * 1000);
+    this.#hibernationTimer.unref();
+    this.emit('hibernating');
+  }
+
+  /**
+   * A client asks to resume this session (XEP-0198 §5); the registry already matched the id to
+   * the client's authenticated account. Takes over from an older client stream if one is
+   * still attached (it gets a `conflict` stream error). Returns false after answering
+   * `<failed/>` (the client stream stays unbound and may bind instead).
+   */
+  resume(client: ClientStream, el: Element): boolean {
+    const h = parseH(el.attrs.h);
+    if (h === undefined) {
+      client.write(failed('bad-request'));
+      return false;
+    }
+    if (this.sm.overflowed) {
+      client.write(failed('resource-constraint'));
+      return false;
+    }
+    if (!this.sm.ackOnResume(h)) {
+      client.write(failed('undefined-condition', this.sm.inbound, `<handled-count-too-high xmlns='${NS.sm}' h='${h}' send-count='${this.sm.queue.sent}'/>`));
+      return false;
+    }
+    const old = this.#client;
+    if (old) {
+      this.#client = undefined;
+      old.fail(new StreamError('conflict', 'replaced by a resumed stream'));
+    }
+    clearTimeout(this.#hibernationTimer);
+    this.#hibernationTimer = undefined;
+    client.write(`<resumed xmlns='${NS.sm}' previd='${this.#resumeId}' h='${this.sm.inbound}'/>`);
+    this.#attach(client);
+    const stanzas = this.sm.unacked();
+    for (const s of stanzas) client.write(withDelay(s.xml, s.receivedAt, this.bareJid.split('@')[1]!));
+    this.sm.requestAck();
+    this.log.info({ resent: stanzas.length }, 'session resumed');
+    this.emit('resumed');
+    return true;
+  }
+
+  // ---- the end ------------------------------------------------------------------------------
+
+  #onUpstreamClose(reason: string): void {
+    if (this.#ended) return;
+    this.log.warn(`upstream link lost: ${reason}`);
+    this.#client?.fail(new StreamError('remote-connection-failed', 'the upstream server closed the session'));
+    this.end(`upstream: ${reason}`);
+  }
+
+  /** Ends the session: closes the upstream with unavailable presence, forgets the resumption id. */
+  end(reason: string): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    clearTimeout(this.#hibernationTimer);
+    if (this.#resumeId) this.#deps.registry.remove(this.#resumeId, this, this.sm.inbound);
+    if (!this.#upstream.closed) this.#upstream.close(`<presence type='unavailable'/>`);
+    this.#client?.end();
+    this.sm.close();
+    this.log.info(`session ended: ${reason}`);
+    this.emit('ended', reason);
+  }
+}
+
+/** `<failed/>` of XEP-0198 with a stanza error condition, optionally `h` and extra children. */
+export function failed(condition: string, h?: number, extra = ''): string {
+  const hAttr = h === undefined ? '' : ` h='${h}'`;
+  return `<failed xmlns='${NS.sm}'${hAttr}><${condition} xmlns='${NS.stanzas}'/>${extra}</failed>`;
+}
+
+/** Adds an XEP-0203 delay stamp to a message or presence being re-sent (XEP-0198 §5). */
+function withDelay(xml: string, receivedAt: number, domain: string): string {
+  if (!xml.startsWith('<message') && !xml.startsWith('<presence')) return xml;
+  const el = parse(xml) as Element;
+  el.c('delay', { xmlns: NS.delay, from: domain, stamp: new Date(receivedAt).toISOString() });
+  return el.toString();
+}

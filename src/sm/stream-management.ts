@@ -1,0 +1,183 @@
+import { EventEmitter } from 'node:events';
+import type { Element } from 'ltx';
+import { addH, parseH } from './counter.ts';
+import { OutboundQueue, type QueuedStanza } from './outbound-queue.ts';
+import { NS } from '../xml/stream-header.ts';
+import { StreamError } from '../xml/stream-error.ts';
+
+/** Per-session XEP-0198 options (seconds where a time). Defaults live in config/config.ts. */
+export interface SmOptions {
+  maxUnackedStanzas: number;
+  maxQueueSize: number;
+  maxAckDelaySeconds: number;
+}
+
+/**
+ * XEP-0198 state of one session towards its client: the inbound count `h` (client stanzas
+ * handled), the outbound unacked queue and the ack-request policy. Survives the client's stream
+ * (hibernation); the session attaches a writer while a client stream is live.
+ *
+ * Events:
+ * - `overflow` (): the unacked queue passed `maxQueueSize`; the session can no longer be resumed.
+ * - `ack-delayed` (): an `<r/>` has been outstanding for `maxAckDelaySeconds` (push uses it).
+ */
+export class StreamManagement extends EventEmitter {
+  /** True after `<enabled/>` was sent. */
+  enabled = false;
+  /** Client stanzas handled, mod 2^32 (what `<a h/>` reports). */
+  inbound = 0;
+  readonly queue: OutboundQueue;
+  /** Queue overflowed: the session is not resumable any more (XEP-0198 §5 resource-constraint). */
+  overflowed = false;
+
+  readonly #options: SmOptions;
+  #write: ((xml: string) => void) | undefined;
+  #requestPending = false;
+  #requestScheduled = false;
+  #ackDelayTimer: NodeJS.Timeout | undefined;
+  /**
+   * Stanzas written to the current client stream before it saw `<enabled/>`: a client that
+   * counted them (xmpp.js 0.14 does) may ack up to that many more than were queued (design §4.2).
+   */
+  #preEnableWritten = 0;
+  /** The excess accepted from such a client, subtracted from its later acks. */
+  #ackOffset = 0;
+
+  constructor(options: SmOptions, acked = 0) {
+    super();
+    this.#options = options;
+    this.queue = new OutboundQueue(acked);
+  }
+
+  /** Connects (or, with undefined, disconnects) the live client stream's writer. */
+  attach(write: ((xml: string) => void) | undefined): void {
+    this.#write = write;
+    this.#requestPending = false;
+    this.#ackOffset = 0;
+    this.#preEnableWritten = 0;
+    clearTimeout(this.#ackDelayTimer);
+    this.#ackDelayTimer = undefined;
+  }
+
+  /** XEP-0198 §3: turns SM on for this stream; the caller sends `<enabled/>`. */
+  enable(): void {
+    this.enabled = true;
+  }
+
+  /** Counts a stanza received from the client (XEP-0198 §4: message, presence, iq). */
+  countInbound(): void {
+    if (this.enabled) this.inbound = addH(this.inbound, 1);
+  }
+
+  /**
+   * Sends a stanza to the client: queued when SM is on, written when a client is attached,
+   * followed (coalesced per I/O turn) by an ack request.
+   * @param receivedAt when the proxy got it (ms), for delay stamps if it must be re-sent.
+   */
+  send(xml: string, receivedAt: number): void {
+    if (!this.enabled) {
+      if (this.#write) {
+        this.#write(xml);
+        this.#preEnableWritten++;
+      }
+      return;
+    }
+    this.queue.push({ xml, receivedAt });
+    if (this.queue.length > this.#options.maxQueueSize && !this.overflowed) {
+      this.overflowed = true;
+      this.emit('overflow');
+    }
+    if (this.#write) {
+      this.#write(xml);
+      this.#scheduleRequest();
+    }
+  }
+
+  /**
+   * Handles an SM nonza from the client (`<r/>`, `<a/>`). Returns false for elements that are
+   * not its business. Throws StreamError for an ack of stanzas never sent (XEP-0198 §4).
+   */
+  handleNonza(el: Element): boolean {
+    if (el.attrs.xmlns !== NS.sm) return false;
+    if (el.name === 'r') {
+      this.#write?.(`<a xmlns='${NS.sm}' h='${this.inbound}'/>`);
+      return true;
+    }
+    if (el.name === 'a') {
+      this.#onAck(parseH(el.attrs.h));
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Applies the `h` of a `<resume/>` (XEP-0198 §5). Returns false when it acknowledges more
+   * than was sent (the caller fails the resume).
+   */
+  ackOnResume(h: number): boolean {
+    return this.queue.ack(h) >= 0;
+  }
+
+  /** The unacked stanzas to re-send after a resume (XEP-0198 §5), oldest first. */
+  unacked(): QueuedStanza[] {
+    return this.queue.unacked();
+  }
+
+  /** Stops timers; the session is over. */
+  close(): void {
+    this.attach(undefined);
+    this.removeAllListeners();
+  }
+
+  #onAck(h: number | undefined): void {
+    if (h === undefined) {
+      throw new StreamError('bad-format', "<a/> without a valid 'h'");
+    }
+    this.#requestPending = false;
+    clearTimeout(this.#ackDelayTimer);
+    this.#ackDelayTimer = undefined;
+    let n = this.queue.ack(addH(h, 2 ** 32 - this.#ackOffset));
+    if (n < 0) {
+      const excess = addH(h, 2 ** 32 - this.#ackOffset - this.queue.sent);
+      if (this.#ackOffset === 0 && excess <= this.#preEnableWritten) {
+        // Design §4.2: a client that counted stanzas written before <enabled/>.
+        this.#ackOffset = excess;
+        this.emit('ack-offset', excess);
+        n = this.queue.ack(addH(h, 2 ** 32 - excess));
+      }
+      if (n < 0) {
+        throw new StreamError(
+          'undefined-condition',
+          `acknowledged ${h} stanzas, only ${this.queue.sent} were sent`,
+          `<handled-count-too-high xmlns='${NS.sm}' h='${h}' send-count='${this.queue.sent}'/>`,
+        );
+      }
+    }
+    // mod_smacks (Feb 2017): ask again at once if the ack left too much unacknowledged.
+    if (this.queue.length > this.#options.maxUnackedStanzas) this.#scheduleRequest();
+  }
+
+  /** Asks the client for an ack (coalesced) if enough is unacknowledged, e.g. after a re-send. */
+  requestAck(): void {
+    this.#scheduleRequest();
+  }
+
+  #scheduleRequest(): void {
+    if (this.#requestPending || this.#requestScheduled) return;
+    if (this.queue.length <= this.#options.maxUnackedStanzas) return;
+    this.#requestScheduled = true;
+    // One <r/> per burst: wait until this I/O turn's stanzas are written.
+    setImmediate(() => {
+      this.#requestScheduled = false;
+      if (!this.#write || this.#requestPending) return;
+      if (this.queue.length <= this.#options.maxUnackedStanzas) return;
+      this.#requestPending = true;
+      this.#write(`<r xmlns='${NS.sm}'/>`);
+      this.#ackDelayTimer ??= setTimeout(() => {
+        this.#ackDelayTimer = undefined;
+        this.emit('ack-delayed');
+      }, this.#options.maxAckDelaySeconds * 1000);
+      this.#ackDelayTimer.unref();
+    });
+  }
+}

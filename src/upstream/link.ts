@@ -1,0 +1,270 @@
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import type { Element } from 'ltx';
+import { XmlStream } from '../xml/xml-stream.ts';
+import { NS, streamHeader } from '../xml/stream-header.ts';
+import type { StreamLimits } from '../xml/stream-parser.ts';
+import type { UpstreamTlsMode } from '../config/config.ts';
+import {
+  chooseMechanism,
+  startExchange,
+  type CachedCredential,
+  type PlainCredential,
+} from './sasl.ts';
+
+/** Where and how to reach the upstream server. Times in milliseconds. */
+export interface UpstreamOptions {
+  host: string;
+  port: number;
+  /** The XMPP domain (stream `to`, TLS server name). */
+  domain: string;
+  tls: UpstreamTlsMode;
+  /** Extra trusted CA certificates (PEM), added to the system CAs. */
+  ca?: string[];
+  acceptSelfSigned: boolean;
+  /** Connect plus full negotiation must finish within this time. */
+  timeoutMs: number;
+  limits: StreamLimits;
+}
+
+/** The upstream refused the login; `condition` is its RFC 6120 §6.5 SASL condition. */
+export class SaslFailure extends Error {
+  constructor(readonly condition: string, readonly text?: string) {
+    super(`upstream SASL failure: ${condition}${text ? ` (${text})` : ''}`);
+    this.name = 'SaslFailure';
+  }
+}
+
+/** The upstream could not be reached or broke the protocol (not a verdict on the credential). */
+export class UpstreamError extends Error {
+  override name = 'UpstreamError';
+}
+
+/**
+ * One authenticated c2s stream to the upstream server, opened on behalf of one client (design §2).
+ * `UpstreamLink.open()` connects, negotiates STARTTLS and SASL (RFC 6120 §5–6) and restarts the
+ * stream; resource binding and everything after it are relayed by the session.
+ *
+ * Events:
+ * - `element` (el: Element): a top-level element from the server.
+ * - `close` (reason: string): the link is gone (server closed, network loss, stream error).
+ */
+export class UpstreamLink extends EventEmitter {
+  /** The server's post-authentication stream features (RFC 6120 §4.3.2, after SASL). */
+  readonly features: Element;
+  /** The credential for a later re-login, in memory only (design §4.1.3). */
+  readonly credential: CachedCredential;
+  /** True when the link runs over TLS. */
+  readonly secure: boolean;
+  readonly #stream: XmlStream;
+  #closeReason = 'closed';
+
+  private constructor(stream: XmlStream, features: Element, credential: CachedCredential, secure: boolean) {
+    super();
+    this.#stream = stream;
+    this.features = features;
+    this.credential = credential;
+    this.secure = secure;
+    stream.on('element', (el: Element) => this.#onElement(el));
+    stream.on('streamError', (err: Error) => {
+      this.#closeReason = `upstream sent bad XML: ${err.message}`;
+      stream.destroy();
+    });
+    stream.on('end', () => {
+      this.#closeReason = 'upstream closed the stream';
+      stream.end();
+    });
+    stream.once('close', () => this.emit('close', this.#closeReason));
+  }
+
+  /**
+   * Connects and logs in. Resolves with a link ready for resource binding.
+   * @throws SaslFailure when the server rejects the credential.
+   * @throws UpstreamError on connect, TLS or protocol trouble, or on timeout.
+   */
+  static async open(options: UpstreamOptions, credential: PlainCredential | CachedCredential): Promise<UpstreamLink> {
+    const socket = net.connect({ host: options.host, port: options.port });
+    socket.setNoDelay(true);
+    const stream = new XmlStream(socket, options.limits);
+    const reader = new Reader(stream);
+    const timer = setTimeout(() => reader.abort(new UpstreamError(`upstream negotiation timed out after ${options.timeoutMs} ms`)), options.timeoutMs);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.once('connect', resolve);
+        socket.once('error', (err) => reject(new UpstreamError(`cannot connect to upstream ${options.host}:${options.port}: ${err.message}`)));
+      });
+      let secure = false;
+      let features = await reader.open(options.domain);
+      const starttls = features.getChild('starttls', NS.tls);
+      if (starttls && options.tls !== 'none') {
+        stream.write(`<starttls xmlns='${NS.tls}'/>`);
+        const answer = await reader.next();
+        if (!answer.is('proceed', NS.tls)) throw new UpstreamError('upstream refused STARTTLS');
+        reader.pause();
+        await stream.upgradeClient({
+          servername: options.domain,
+          ca: options.ca ? [...tls.rootCertificates, ...options.ca] : undefined,
+          rejectUnauthorized: !options.acceptSelfSigned,
+        }).catch((err: Error) => {
+          throw new UpstreamError(`upstream TLS failed: ${err.message}`);
+        });
+        reader.resume();
+        secure = true;
+        features = await reader.open(options.domain);
+      } else if (options.tls === 'required') {
+        throw new UpstreamError('upstream does not offer STARTTLS (upstream.tls is "required")');
+      } else if (starttls?.getChild('required')) {
+        throw new UpstreamError('upstream requires STARTTLS but upstream.tls is "none"');
+      }
+
+      const offered = (features.getChild('mechanisms', NS.sasl)?.getChildren('mechanism') ?? []).map((m) => m.getText().trim());
+      // PLAIN in clear text only when the operator chose a plain link (loopback deployments).
+      const cachedMech = 'mechanism' in credential ? credential.mechanism : undefined;
+      const mechanism = cachedMech && offered.includes(cachedMech)
+        ? cachedMech
+        : chooseMechanism(offered, secure || options.tls === 'none');
+      if (!mechanism) throw new UpstreamError(`no usable SASL mechanism upstream (offered: ${offered.join(', ') || 'none'})`);
+      const exchange = startExchange(mechanism, credential);
+      stream.write(`<auth xmlns='${NS.sasl}' mechanism='${mechanism}'>${b64(await exchange.initial())}</auth>`);
+      let kept: CachedCredential | undefined;
+      while (!kept) {
+        const el = await reader.next();
+        if (el.is('challenge', NS.sasl)) {
+          stream.write(`<response xmlns='${NS.sasl}'>${b64(await exchange.challenge(unb64(el.getText())))}</response>`);
+        } else if (el.is('success', NS.sasl)) {
+          try {
+            kept = exchange.success(unb64(el.getText()));
+          } catch (err) {
+            throw new UpstreamError((err as Error).message);
+          }
+        } else if (el.is('failure', NS.sasl)) {
+          const condition = el.getChildElements().find((c) => c.name !== 'text')?.name ?? 'not-authorized';
+          throw new SaslFailure(condition, el.getChildText('text') ?? undefined);
+        } else {
+          throw new UpstreamError(`unexpected <${el.name}> during upstream SASL`);
+        }
+      }
+      stream.restart();
+      features = await reader.open(options.domain);
+      reader.detach();
+      return new UpstreamLink(stream, features, kept, secure);
+    } catch (err) {
+      stream.destroy();
+      throw err instanceof SaslFailure || err instanceof UpstreamError ? err : new UpstreamError((err as Error).message);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Sends serialized XML (a stanza or nonza) to the server. */
+  send(xml: string): void {
+    this.#stream.write(xml);
+  }
+
+  /** True once the link is closed or closing. */
+  get closed(): boolean {
+    return this.#stream.closed;
+  }
+
+  /** Closes the stream cleanly, optionally after a last stanza (e.g. unavailable presence). */
+  close(last?: string): void {
+    if (last) this.#stream.write(last);
+    this.#closeReason = 'closed by the proxy';
+    this.#stream.end();
+  }
+
+  /** Drops the TCP connection at once. */
+  destroy(): void {
+    this.#stream.destroy();
+  }
+
+  #onElement(el: Element): void {
+    if (el.name === 'stream:error') {
+      const condition = el.getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';
+      this.#closeReason = `upstream stream error: ${condition}`;
+      this.#stream.end();
+      return;
+    }
+    this.emit('element', el);
+  }
+}
+
+/** Sequential reads during negotiation: header + features, then one element at a time. */
+class Reader {
+  #queue: Element[] = [];
+  #waiter: { resolve: (el: Element) => void; reject: (err: Error) => void } | undefined;
+  #error: Error | undefined;
+  #paused = false;
+  readonly #stream: XmlStream;
+  readonly #onElement = (el: Element): void => {
+    if (this.#waiter) {
+      const w = this.#waiter;
+      this.#waiter = undefined;
+      w.resolve(el);
+    } else this.#queue.push(el);
+  };
+  readonly #onClose = (): void => this.abort(new UpstreamError('upstream closed the connection during negotiation'));
+  readonly #onStreamError = (err: Error): void => this.abort(new UpstreamError(`upstream sent bad XML: ${err.message}`));
+
+  constructor(stream: XmlStream) {
+    this.#stream = stream;
+    stream.on('element', this.#onElement);
+    stream.on('close', this.#onClose);
+    stream.on('streamError', this.#onStreamError);
+  }
+
+  /** Sends our stream header and returns the server's `<stream:features/>`. */
+  async open(domain: string): Promise<Element> {
+    this.#stream.write(streamHeader({ to: domain, version: '1.0' }));
+    const features = await this.next();
+    if (features.name === 'stream:error') {
+      const condition = features.getChildElements().find((c) => c.name !== 'text')?.name;
+      throw new UpstreamError(`upstream stream error: ${condition}`);
+    }
+    if (features.name !== 'stream:features') throw new UpstreamError(`expected stream features, got <${features.name}>`);
+    return features;
+  }
+
+  next(): Promise<Element> {
+    if (this.#error) return Promise.reject(this.#error);
+    const el = this.#queue.shift();
+    if (el) return Promise.resolve(el);
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+    });
+  }
+
+  /** While TLS is negotiated the socket changes under the stream: a close is not an abort. */
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+  }
+
+  abort(err: Error): void {
+    if (this.#paused && err.message.includes('closed the connection')) return;
+    this.#error ??= err;
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.reject(err);
+  }
+
+  detach(): void {
+    this.#stream.off('element', this.#onElement);
+    this.#stream.off('close', this.#onClose);
+    this.#stream.off('streamError', this.#onStreamError);
+  }
+}
+
+function b64(s: string): string {
+  return s === '' ? '=' : Buffer.from(s, 'utf8').toString('base64');
+}
+
+function unb64(s: string): string {
+  const t = s.trim();
+  return t === '=' ? '' : Buffer.from(t, 'base64').toString('utf8');
+}
+

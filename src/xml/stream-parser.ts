@@ -1,0 +1,128 @@
+import { EventEmitter } from 'node:events';
+import { SaxesParser, type SaxesTagPlain } from 'saxes';
+import { Element } from 'ltx';
+import { StreamError } from './stream-error.ts';
+
+/** Limits applied to every stream (client and upstream). */
+export interface StreamLimits {
+  /** Largest top-level element, in characters of XML received (approximate to one read chunk). */
+  maxStanzaBytes: number;
+  /** Deepest nesting inside a top-level element (the stanza itself is depth 1). */
+  maxDepth: number;
+}
+
+/**
+ * Frames an XMPP stream (RFC 6120 §4) into its header and top-level elements, on saxes
+ * (a conforming, non-validating XML parser) building ltx Elements.
+ *
+ * Events:
+ * - `start` (attrs: Record<string, string>): the `<stream:stream>` header.
+ * - `element` (el: Element): one complete top-level element (stanza or nonza), without parent.
+ * - `end` (): the peer closed its stream with `</stream:stream>`.
+ * - `error` (err: StreamError): the input broke RFC 6120 §11 or a limit; the condition says which.
+ *   No event follows an error.
+ *
+ * A stream restart (after STARTTLS or SASL, RFC 6120 §4.3.3) needs a new parser.
+ */
+export class StreamParser extends EventEmitter {
+  readonly #sax: SaxesParser<{}>;
+  readonly #limits: StreamLimits;
+  /** Element being built (depth ≥ 1) or undefined between stanzas. */
+  #current: Element | undefined;
+  #depth = 0;
+  /** Characters received since the last top-level element ended. */
+  #pending = 0;
+  #failed = false;
+
+  constructor(limits: StreamLimits) {
+    super();
+    this.#limits = limits;
+    const sax = new SaxesParser({ xmlns: false, position: false });
+    this.#sax = sax;
+    sax.on('opentag', (tag) => this.#onOpen(tag));
+    sax.on('closetag', (tag) => this.#onClose(tag));
+    sax.on('text', (text) => this.#onText(text));
+    sax.on('cdata', (text) => this.#onText(text));
+    sax.on('error', (err) => this.#fail('not-well-formed', err.message));
+    // RFC 6120 §11.1: no comments, processing instructions, DTDs or entity declarations.
+    sax.on('doctype', () => this.#fail('restricted-xml', 'DTD in stream'));
+    sax.on('comment', () => this.#fail('restricted-xml', 'comment in stream'));
+    sax.on('processinginstruction', () => this.#fail('restricted-xml', 'processing instruction in stream'));
+  }
+
+  /**
+   * Feeds decoded text (use `socket.setEncoding('utf8')` so multi-byte characters are never
+   * split). After an error, input is ignored.
+   */
+  write(chunk: string): void {
+    if (this.#failed) return;
+    this.#pending += chunk.length;
+    try {
+      this.#sax.write(chunk);
+    } catch (err) {
+      this.#fail('not-well-formed', (err as Error).message);
+      return;
+    }
+    if (this.#pending > this.#limits.maxStanzaBytes && this.#depth > 1) {
+      this.#fail('policy-violation', `stanza larger than ${this.#limits.maxStanzaBytes} bytes`);
+    }
+  }
+
+  #onOpen(tag: SaxesTagPlain): void {
+    if (this.#failed) return;
+    const depth = ++this.#depth;
+    if (depth === 1) {
+      if (tag.name !== 'stream:stream') {
+        this.#fail('invalid-namespace', `expected <stream:stream>, got <${tag.name}>`);
+        return;
+      }
+      this.emit('start', tag.attributes);
+      this.#pending = 0;
+      return;
+    }
+    if (depth - 1 > this.#limits.maxDepth) {
+      this.#fail('policy-violation', `elements nested deeper than ${this.#limits.maxDepth}`);
+      return;
+    }
+    const el = new Element(tag.name, tag.attributes);
+    if (this.#current) this.#current.cnode(el);
+    this.#current = el;
+  }
+
+  #onClose(tag: SaxesTagPlain): void {
+    if (this.#failed) return;
+    const depth = this.#depth--;
+    if (depth === 1) {
+      this.emit('end');
+      return;
+    }
+    const el = this.#current;
+    if (!el) return;
+    const parent = el.parent ?? undefined;
+    if (depth === 2) {
+      this.#current = undefined;
+      this.#pending = 0;
+      this.emit('element', el);
+    } else {
+      this.#current = parent as Element;
+    }
+    void tag;
+  }
+
+  #onText(text: string): void {
+    if (this.#failed) return;
+    if (this.#current) {
+      this.#current.t(text);
+    } else if (this.#depth === 1 && text.trim() !== '') {
+      // Only whitespace (keepalives) may sit between top-level elements.
+      this.#fail('not-well-formed', 'text between stanzas');
+    }
+  }
+
+  #fail(condition: 'not-well-formed' | 'restricted-xml' | 'policy-violation' | 'invalid-namespace', text: string): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    this.#current = undefined;
+    this.emit('error', new StreamError(condition, text));
+  }
+}

@@ -1,0 +1,150 @@
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import * as tls from 'node:tls';
+import type { Element } from 'ltx';
+import { StreamParser, type StreamLimits } from './stream-parser.ts';
+import { StreamError } from './stream-error.ts';
+import { STREAM_CLOSE } from './stream-header.ts';
+
+/**
+ * One XML stream over one socket (plain or TLS), either side: framing, writes, stream errors,
+ * restarts and the STARTTLS upgrade. Used by the client stream (c2s) and the upstream link.
+ *
+ * Events:
+ * - `start` (attrs): the peer's stream header.
+ * - `element` (el: Element): a top-level element.
+ * - `end` (): the peer sent `</stream:stream>`.
+ * - `streamError` (err: StreamError): the peer's input broke the rules; the owner decides
+ *   whether to answer it (usually `fail(err)`).
+ * - `close` (): the socket is gone (after `end`, an error, or a network drop). Emitted once.
+ */
+export class XmlStream extends EventEmitter {
+  #socket: Socket;
+  #parser!: StreamParser;
+  readonly #limits: StreamLimits;
+  #closed = false;
+  #ending = false;
+  #onData = (chunk: string): void => this.#parser.write(chunk);
+
+  /** @param socket A connected socket; the stream takes ownership. */
+  constructor(socket: Socket, limits: StreamLimits) {
+    super();
+    this.#limits = limits;
+    this.#socket = socket;
+    this.restart();
+    this.#attach(socket);
+  }
+
+  /** The current socket (a TLSSocket after `upgrade*`). */
+  get socket(): Socket {
+    return this.#socket;
+  }
+
+  /** True once the socket is closed or closing. */
+  get closed(): boolean {
+    return this.#closed || this.#ending;
+  }
+
+  /** Starts a new parser: the next input is a new stream header (RFC 6120 §4.3.3). */
+  restart(): void {
+    const parser = new StreamParser(this.#limits);
+    parser.on('start', (attrs) => this.emit('start', attrs));
+    parser.on('element', (el: Element) => this.emit('element', el));
+    parser.on('end', () => this.emit('end'));
+    parser.on('error', (err: StreamError) => this.emit('streamError', err));
+    this.#parser = parser;
+  }
+
+  /** Writes serialized XML; ignored once closed. */
+  write(xml: string): void {
+    if (this.#closed || this.#ending) return;
+    this.#socket.write(xml);
+  }
+
+  /** Sends a stream error then closes the stream (RFC 6120 §4.9.1.1). */
+  fail(err: StreamError): void {
+    if (this.#closed || this.#ending) return;
+    this.#socket.write(err.toXML());
+    this.end();
+  }
+
+  /** Closes our side of the stream with `</stream:stream>`; the socket ends after it. */
+  end(): void {
+    if (this.#closed || this.#ending) return;
+    this.#ending = true;
+    this.#socket.end(STREAM_CLOSE);
+    // A peer that never answers our close must not hold the socket forever.
+    setTimeout(() => this.destroy(), 5000).unref();
+  }
+
+  /** Drops the connection without a closing tag (no further events but `close`). */
+  destroy(): void {
+    this.#socket.destroy();
+  }
+
+  /**
+   * Server-side STARTTLS (RFC 6120 §5.4.3.3): call right after writing `<proceed/>`. Resolves
+   * once the handshake is done; rejects on a handshake failure (the socket is then destroyed).
+   */
+  upgradeServer(context: tls.SecureContext): Promise<void> {
+    return this.#upgrade(
+      (raw) => new tls.TLSSocket(raw, { isServer: true, secureContext: context }),
+      'secure',
+    );
+  }
+
+  /**
+   * Client-side STARTTLS towards a server: call after receiving `<proceed/>`. Resolves once the
+   * certificate is verified by `options` (servername, ca, rejectUnauthorized).
+   */
+  upgradeClient(options: tls.ConnectionOptions): Promise<void> {
+    return this.#upgrade((raw) => tls.connect({ ...options, socket: raw }), 'secureConnect');
+  }
+
+  #upgrade(wrap: (raw: Socket) => tls.TLSSocket, readyEvent: string): Promise<void> {
+    const raw = this.#socket;
+    this.#detach(raw);
+    const secure = wrap(raw);
+    this.#socket = secure;
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => {
+        secure.destroy();
+        reject(err);
+        this.#onSocketClose();
+      };
+      const onClose = (): void => onError(new Error('connection closed during TLS handshake'));
+      secure.once('error', onError);
+      secure.once('close', onClose);
+      secure.once(readyEvent, () => {
+        secure.off('error', onError);
+        secure.off('close', onClose);
+        this.restart();
+        this.#attach(secure);
+        resolve();
+      });
+    });
+  }
+
+  #attach(socket: Socket): void {
+    socket.setEncoding('utf8');
+    socket.on('data', this.#onData);
+    socket.on('error', this.#onSocketError);
+    socket.on('close', this.#onSocketClose);
+  }
+
+  #detach(socket: Socket): void {
+    socket.off('data', this.#onData);
+    socket.off('error', this.#onSocketError);
+    socket.off('close', this.#onSocketClose);
+  }
+
+  #onSocketError = (): void => {
+    // 'close' follows; the owner learns of the loss there.
+  };
+
+  #onSocketClose = (): void => {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.emit('close');
+  };
+}
