@@ -1,0 +1,69 @@
+/**
+ * Starts the proxy in-process in front of a harness Prosody, on loopback ports picked by the
+ * kernel, and builds @xmpp/client instances pointed at it.
+ */
+import pino from 'pino';
+import { client as xmppClient } from '@xmpp/client';
+import { startProxy, type Proxy } from '../../src/proxy.ts';
+import { DEFAULTS, type Config } from '../../src/config/config.ts';
+import type { ProsodyInstance } from './prosody.ts';
+
+// The proxy serves a self-signed certificate; clients under test accept it.
+process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
+process.removeAllListeners('warning');
+
+export interface TestProxy {
+  proxy: Proxy;
+  config: Config;
+  /** STARTTLS port. */
+  port: number;
+  /** Direct TLS port. */
+  tlsPort: number;
+  close(): Promise<void>;
+}
+
+type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
+/** Proxy config for a harness Prosody: upstream STARTTLS verified against Prosody's certificate. */
+export function testConfig(prosody: ProsodyInstance, overrides: DeepPartial<Config> = {}): Config {
+  return {
+    ...DEFAULTS,
+    domains: [prosody.domain],
+    upstream: { ...DEFAULTS.upstream, port: prosody.c2sPort, caFile: prosody.caFile, ...overrides.upstream },
+    listen: { starttls: [{ host: '127.0.0.1', port: 0 }], directTls: [{ host: '127.0.0.1', port: 0 }] },
+    tls: {},
+    sm: { ...DEFAULTS.sm, ...overrides.sm },
+    limits: { ...DEFAULTS.limits, ...overrides.limits },
+    log: { level: 'silent' },
+  };
+}
+
+export async function startTestProxy(prosody: ProsodyInstance, overrides: DeepPartial<Config> = {}): Promise<TestProxy> {
+  const config = testConfig(prosody, overrides);
+  const level = process.env.PROXY_LOG_LEVEL ?? 'silent';
+  const proxy = await startProxy(config, pino({ level }, pino.destination(2)));
+  return {
+    proxy,
+    config,
+    port: proxy.addresses.starttls[0]!.port,
+    tlsPort: proxy.addresses.directTls[0]!.port,
+    close: () => proxy.close(),
+  };
+}
+
+/** An @xmpp/client for `user` through the proxy (STARTTLS, or direct TLS with `direct`). */
+export function clientFor(tp: TestProxy, user: string, password: string, opts: { resource?: string; direct?: boolean } = {}) {
+  const service = opts.direct ? `xmpps://127.0.0.1:${tp.tlsPort}` : `xmpp://127.0.0.1:${tp.port}`;
+  const xmpp = xmppClient({ service, domain: tp.config.domains[0], username: user, password, resource: opts.resource });
+  xmpp.on('error', () => {});
+  return xmpp;
+}
+
+/** Polls `cond` every 20 ms until true; rejects after `timeoutMs` with `what`. */
+export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const start = Date.now();
+  while (!cond()) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
