@@ -1,0 +1,210 @@
+/**
+ * slixmpp (Debian python3-slixmpp 1.8.3) resumes through the proxy: a real third-party XEP-0198
+ * implementation loses its TCP connection, messages arrive for it while the proxy hibernates its
+ * session, and after `<resume/>` it gets every one of them exactly once, in order.
+ *
+ * alice is slixmpp, driven by test/e2e/slixmpp_client.py over stdin/stdout (JSON lines);
+ * bob is @xmpp/client.
+ */
+import t from 'tap';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { xml } from '@xmpp/client';
+import type { Element } from 'ltx';
+import { startProsody } from '../harness/prosody.ts';
+import { startTestProxy, clientFor, waitFor } from '../harness/proxy.ts';
+import type { Session } from '../../src/session/session.ts';
+
+const PYTHON = '/usr/bin/python3';
+const SCRIPT = fileURLToPath(new URL('./slixmpp_client.py', import.meta.url));
+const MESSAGES = 50;
+
+// No skip: a missing slixmpp must fail the suite, not hide it.
+const probe = spawnSync(PYTHON, ['-c', 'import slixmpp, slixmpp.plugins.xep_0198; print(slixmpp.__version__)'], { encoding: 'utf8' });
+if (probe.error || probe.status !== 0) {
+  throw new Error(
+    `slixmpp is not importable by ${PYTHON} (${probe.error?.message ?? probe.stderr.trim()}): apt-get install python3-slixmpp`,
+  );
+}
+const slixmppVersion = probe.stdout.trim();
+
+const prosody = await startProsody({
+  tls: 'required',
+  accounts: [
+    { user: 'alice', password: 'alice-pw' },
+    { user: 'bob', password: 'bob-pw' },
+  ],
+});
+t.teardown(() => prosody.stop());
+const tp = await startTestProxy(prosody);
+t.teardown(() => tp.close());
+
+type PyEvent = { event: string; [k: string]: unknown };
+
+/** The slixmpp client process: its JSON events, its stderr, and a way to send commands. */
+class Slixmpp {
+  readonly child: ChildProcess;
+  readonly events: PyEvent[] = [];
+  stderr = '';
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(jid: string, password: string, port: number) {
+    this.child = spawn(PYTHON, [SCRIPT, jid, password, '127.0.0.1', String(port)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    });
+    this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve({ code, signal })));
+    createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      try {
+        this.events.push(JSON.parse(line) as PyEvent);
+      } catch {
+        this.events.push({ event: 'unparsable', line });
+      }
+    });
+    this.child.stderr!.on('data', (chunk: Buffer) => {
+      this.stderr = (this.stderr + chunk.toString('utf8')).slice(-256 * 1024);
+    });
+  }
+
+  command(line: string): void {
+    this.child.stdin!.write(line + '\n');
+  }
+
+  of(name: string): PyEvent[] {
+    return this.events.filter((e) => e.event === name);
+  }
+
+  /** Waits for the n-th (1-based) event called `name`, failing early if the script reports an error. */
+  async waitEvent(name: string, n = 1, timeoutMs = 10_000): Promise<PyEvent> {
+    try {
+      await waitFor(() => this.of(name).length >= n || this.child.exitCode !== null, `slixmpp event ${name} #${n}`, timeoutMs);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}; events so far: ${JSON.stringify(this.events)}\nstderr tail:\n${this.stderr.slice(-4000)}`);
+    }
+    const ev = this.of(name)[n - 1];
+    if (!ev) throw new Error(`slixmpp exited (${this.child.exitCode}) before ${name} #${n}; events: ${JSON.stringify(this.events)}\nstderr:\n${this.stderr.slice(-4000)}`);
+    return ev;
+  }
+}
+
+function aliceSessions(): Session[] {
+  return [...tp.proxy.sessions].filter((s) => s.bareJid === 'alice@proxy.test');
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+t.test(`slixmpp ${slixmppVersion} resumes through the proxy and gets every message once, in order`, async (t) => {
+  const alice = new Slixmpp('alice@proxy.test/slix', 'alice-pw', tp.port);
+  t.teardown(() => {
+    // Only if a failure left it running: end our own child by its pid.
+    if (alice.child.exitCode === null && alice.child.signalCode === null) alice.child.kill('SIGKILL');
+  });
+  const bob = clientFor(tp, 'bob', 'bob-pw', { resource: 'phone' });
+  const bobGot: string[] = [];
+  bob.on('stanza', (s: Element) => {
+    const body = s.is('message') ? s.getChildText('body') : null;
+    if (body !== null) bobGot.push(body);
+  });
+  t.teardown(() => bob.stop().catch(() => {}));
+  const bobJid = (await bob.start()).toString();
+
+  // ---- login, SM enabled with resumption ----
+  const start = await alice.waitEvent('session_start');
+  const enabled = await alice.waitEvent('sm_enabled');
+  t.equal(enabled.resume, true, 'the proxy granted resumption');
+  t.type(enabled.id, 'string', 'slixmpp got a resumption id');
+  t.ok((enabled.id as string).length > 0, 'resumption id is not empty');
+  await waitFor(() => aliceSessions().length === 1 && aliceSessions()[0]!.sm.enabled, 'proxy session for alice with SM on');
+  const session = aliceSessions()[0]!;
+  t.equal(session.fullJid, start.jid, 'proxy session and slixmpp agree on the full JID');
+  const aliceJid = session.fullJid;
+  const seen = { hibernating: 0, resumed: 0, ended: [] as string[] };
+  session.on('hibernating', () => seen.hibernating++);
+  session.on('resumed', () => seen.resumed++);
+  session.on('ended', (reason: string) => seen.ended.push(reason));
+
+  // slixmpp answers the proxy's <r/>: everything sent so far (self-presence) gets acked.
+  await waitFor(() => session.sm.queue.length === 0, 'slixmpp acks what the proxy sent before the drop');
+
+  // Five messages from alice before the drop, so that the proxy's inbound count matters for the
+  // resume. slixmpp sent its initial presence before <enable/>: it counts on neither side.
+  // slixmpp asks for an ack every 5th stanza (xep_0198 window), but 1.8.3 writes that <r/> from its
+  // out_sync filter, i.e. *before* the 5th stanza: the wire reads pre-1..pre-4, <r/>, pre-5.
+  const pre = ['pre-1', 'pre-2', 'pre-3', 'pre-4', 'pre-5'];
+  for (const body of pre) alice.command(`send ${bobJid} ${body}`);
+  await waitFor(() => bobGot.length >= pre.length, 'bob receives alice’s messages before the drop');
+  t.same(bobGot, pre, 'bob got the five messages in order');
+  const ack = await alice.waitEvent('ack');
+  t.equal(ack.h, 4, "the proxy's <a/> counts the 4 stanzas that preceded slixmpp's <r/> on the wire");
+  t.equal(session.sm.inbound, pre.length, 'the proxy counted 5 stanzas from alice');
+
+  // ---- the connection vanishes ----
+  alice.command('drop');
+  await alice.waitEvent('disconnected');
+  await waitFor(() => session.hibernating, 'proxy session hibernating');
+  t.equal(seen.hibernating, 1, "the session emitted 'hibernating' once");
+  t.same(alice.of('error'), [], 'slixmpp kept its SM session on the drop (no session_end, no error)');
+
+  // ---- messages while alice is away ----
+  for (let i = 1; i <= MESSAGES; i++) {
+    await bob.send(xml('message', { to: aliceJid, type: 'chat', id: `m${i}` }, xml('body', {}, String(i))));
+  }
+  await waitFor(() => session.sm.queue.length >= MESSAGES, `proxy queue holds ${MESSAGES} stanzas for alice`);
+  await sleep(300);
+  t.equal(session.sm.queue.length, MESSAGES, 'exactly the 50 messages are queued, nothing else');
+  t.equal(alice.of('message').length, 0, 'nothing reached alice while she was gone');
+  t.ok(alice.child.exitCode === null, 'slixmpp is still running');
+  t.equal(alice.of('session_start').length, 1, 'slixmpp did not reconnect on its own');
+  t.ok(session.hibernating, 'still hibernating before the reconnect command');
+
+  // ---- resume ----
+  alice.command('reconnect');
+  // slixmpp clears its unacked queue when it sends <resume/> and logs "Inconsistent sequence
+  // numbers" when <resumed h='5'/> acks pre-5, which it still held: harmless here (the proxy had
+  // it), but it means slixmpp 1.8.3 never re-sends stanzas after a resume.
+  const resumed = await alice.waitEvent('resumed');
+  t.same(resumed, { event: 'resumed', h: pre.length, previd: enabled.id }, "<resumed previd='…' h='5'/> for the SM id slixmpp got");
+  await alice.waitEvent('session_resumed');
+  await alice.waitEvent('message', MESSAGES);
+  await sleep(1000); // duplicates would show up here
+  const messages = alice.of('message');
+  t.same(
+    messages.map((m) => m.body),
+    Array.from({ length: MESSAGES }, (_, i) => String(i + 1)),
+    'alice got 1..50, each once, in order',
+  );
+  t.ok(messages.every((m) => m.from === bobJid), 'all from bob');
+  t.ok(messages.every((m) => m.delay === true), 'stanzas re-sent after the resume carry a delay stamp');
+  t.equal(alice.of('session_start').length, 1, 'no second session_start: resumed, not a new login');
+  t.equal(alice.of('sm_enabled').length, 1, 'no second <enable/>');
+  t.same(alice.of('error'), [], 'slixmpp reported no error (no <failed/>, no session_end)');
+  t.equal(seen.resumed, 1, "the proxy session emitted 'resumed' once");
+  t.notOk(session.hibernating, 'the session has a client again');
+  t.same(aliceSessions(), [session], 'the very same proxy session object, and only one, serves alice');
+  // The proxy asked for an ack after the re-send; slixmpp's h covers all 50.
+  await waitFor(() => session.sm.queue.length === 0, 'slixmpp acks the re-sent messages');
+  t.equal(session.sm.queue.acked, 1 + MESSAGES, "slixmpp's h: its self-presence + the 50, nothing sent twice");
+
+  // ---- the resumed stream carries traffic both ways ----
+  alice.command(`send ${bobJid} reply from slixmpp`);
+  await waitFor(() => bobGot.includes('reply from slixmpp'), 'bob receives alice’s reply');
+  t.same(bobGot, [...pre, 'reply from slixmpp'], 'bob got the reply once, after the earlier five');
+  await waitFor(() => session.sm.inbound === pre.length + 1, 'the proxy counts the reply on the resumed stream');
+  await bob.send(xml('message', { to: aliceJid, type: 'chat' }, xml('body', {}, 'after resume')));
+  await alice.waitEvent('message', MESSAGES + 1);
+  t.equal(alice.of('message')[MESSAGES]!.body, 'after resume', 'live delivery after the resume');
+  t.equal(alice.of('message')[MESSAGES]!.delay, false, 'a live message has no delay stamp');
+
+  // ---- clean exit ----
+  alice.command('quit');
+  const exit = await Promise.race([alice.exited, sleep(15_000).then(() => 'timeout' as const)]);
+  t.same(exit, { code: 0, signal: null }, 'slixmpp exits 0', { stderr: alice.stderr.slice(-2000) });
+  await waitFor(() => seen.ended.length > 0, 'proxy session for alice ends');
+  t.same(seen.ended, ['client closed its stream'], 'ended once, by the clean close');
+  t.same(aliceSessions(), [], 'no session left for alice');
+  t.equal(seen.resumed, 1, 'still resumed only once');
+  t.same(bobGot, [...pre, 'reply from slixmpp'], 'bob never got anything twice');
+  // SLIXMPP_DEBUG=1 makes the script log every SEND/RECV on stderr; show it.
+  if (process.env.SLIXMPP_DEBUG) t.comment(alice.stderr);
+});
