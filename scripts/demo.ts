@@ -1,0 +1,212 @@
+/**
+ * Demo: a throwaway Prosody 0.12 on loopback plays the legacy server (STARTTLS required like
+ * Openfire, no XEP-0198), and the proxy runs in front of it in this process on 127.0.0.1:5222
+ * (STARTTLS) and 127.0.0.1:5223 (direct TLS) with a generated self-signed certificate.
+ * Two accounts, alice and bob, get random passwords that are printed. Ctrl-C stops both.
+ *
+ * Usage: npx tsx scripts/demo.ts [--domain demo.test] [--port 5222] [--tls-port 5223]
+ * (`bash scripts/demo.sh` installs what is missing first, then runs this.)
+ */
+import { randomInt } from 'node:crypto';
+import net from 'node:net';
+import { parseArgs } from 'node:util';
+import { buildConfig, ConfigError } from '../src/config/load.ts';
+import { createLogger } from '../src/log.ts';
+import { startProxy, type Proxy } from '../src/proxy.ts';
+import { startProsody, type ProsodyInstance } from '../test/harness/prosody.ts';
+
+const USAGE = `Usage: bash scripts/demo.sh [options]   (or: npx tsx scripts/demo.ts [options])
+
+Starts a demo Prosody (the "legacy" upstream, on a free loopback port) and the proxy in front of it.
+
+Options:
+  --domain <domain>   XMPP domain (default demo.test)
+  --port <n>          proxy STARTTLS port on 127.0.0.1 (default 5222)
+  --tls-port <n>      proxy direct TLS port on 127.0.0.1 (default 5223)
+  -h, --help          show this help
+`;
+
+function die(message: string): never {
+  process.stderr.write(`demo: ${message}\n`);
+  process.exit(2);
+}
+
+function parsePort(value: string, flag: string): number {
+  if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > 65535) {
+    die(`${flag} must be a port number 1..65535 (got ${JSON.stringify(value)})`);
+  }
+  return Number(value);
+}
+
+let args;
+try {
+  args = parseArgs({
+    options: {
+      domain: { type: 'string' },
+      port: { type: 'string' },
+      'tls-port': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: false,
+  }).values;
+} catch (err) {
+  die(`${(err as Error).message}\n\n${USAGE}`);
+}
+if (args.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+const domain = args.domain ?? 'demo.test';
+const port = parsePort(args.port ?? '5222', '--port');
+const tlsPort = parsePort(args['tls-port'] ?? '5223', '--tls-port');
+if (port === tlsPort) die('--port and --tls-port must differ');
+
+/** Resolves to an error message when 127.0.0.1:port cannot be bound, undefined when it can. */
+function checkPort(p: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    srv.listen(p, '127.0.0.1', () => srv.close(() => resolve(undefined)));
+  });
+}
+
+/** A readable random password (no characters that need quoting in a shell or in JS). */
+function password(): string {
+  const alphabet = 'abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789';
+  let out = '';
+  for (let i = 0; i < 12; i++) out += alphabet[randomInt(alphabet.length)];
+  return out;
+}
+
+// Validate the proxy config before starting anything (a bad --domain fails here).
+try {
+  // The upstream port and CA file are filled in once Prosody runs; this checks the rest.
+  buildConfig({ domains: [domain], listen: { starttls: [`127.0.0.1:${port}`], directTls: [`127.0.0.1:${tlsPort}`] } });
+} catch (err) {
+  if (err instanceof ConfigError) die(err.message);
+  throw err;
+}
+
+for (const [p, flag] of [
+  [port, '--port'],
+  [tlsPort, '--tls-port'],
+] as const) {
+  const problem = await checkPort(p);
+  if (problem === 'EADDRINUSE') {
+    die(
+      `port ${p} on 127.0.0.1 is already in use (another XMPP server? Debian's prosody service: ` +
+        `systemctl stop prosody). Stop it, or pick another port with ${flag} <n>.` +
+        (p === 5222 || p === 5223 ? ` Example: bash scripts/demo.sh --port 15322 --tls-port 15323` : ''),
+    );
+  }
+  if (problem !== undefined) die(`cannot listen on 127.0.0.1:${p} (${problem}); pick another port with ${flag} <n>`);
+}
+
+const accounts = [
+  { user: 'alice', password: password() },
+  { user: 'bob', password: password() },
+];
+
+process.stdout.write(`demo: starting Prosody for ${domain} (the upstream) ...\n`);
+let prosody: ProsodyInstance;
+try {
+  prosody = await startProsody({ domain, tls: 'required', smacks: false, accounts });
+} catch (err) {
+  die(`could not start Prosody: ${(err as Error).message}`);
+}
+
+const log = createLogger('info');
+let proxy: Proxy;
+try {
+  const config = buildConfig({
+    domains: [domain],
+    upstream: { host: prosody.host, port: prosody.c2sPort, tls: 'required', caFile: prosody.caFile },
+    listen: { starttls: [`127.0.0.1:${port}`], directTls: [`127.0.0.1:${tlsPort}`] },
+    log: { level: 'info' },
+  });
+  proxy = await startProxy(config, log);
+} catch (err) {
+  await prosody.stop();
+  die(`could not start the proxy: ${(err as Error).message}`);
+}
+
+let stopping = false;
+async function stop(signal: NodeJS.Signals): Promise<void> {
+  if (stopping) {
+    process.stderr.write(`demo: second ${signal}, exiting without waiting\n`);
+    process.exit(1); // the harness's exit handler still kills Prosody
+  }
+  stopping = true;
+  process.stdout.write(`\ndemo: ${signal}: stopping the proxy, then Prosody ...\n`);
+  let code = 0;
+  try {
+    // proxy.close() first waits for its listeners to close, which Node only reports once every
+    // accepted connection has ended, and only then ends the sessions: with clients connected it
+    // would wait for them to leave. Ending the sessions here closes their client streams, and
+    // the timeout covers clients still negotiating (no session yet).
+    const closed = proxy.close();
+    for (const session of [...proxy.sessions]) session.end('proxy shutting down');
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      closed.then(() => false),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(true), 5000);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (timedOut) process.stderr.write('demo: some client connections did not close within 5 s; going on\n');
+  } catch (err) {
+    process.stderr.write(`demo: error while stopping the proxy: ${(err as Error).message}\n`);
+    code = 1;
+  }
+  try {
+    await prosody.stop();
+  } catch (err) {
+    process.stderr.write(`demo: error while stopping Prosody: ${(err as Error).message}\n`);
+    code = 1;
+  }
+  process.stdout.write('demo: stopped\n');
+  process.exit(code);
+}
+process.on('SIGINT', (s) => void stop(s));
+process.on('SIGTERM', (s) => void stop(s));
+
+const [alice, bob] = accounts as [(typeof accounts)[0], (typeof accounts)[0]];
+/** A one-line @xmpp/client program for `user` (run from the repository root). */
+function oneLiner(user: { user: string; password: string }, body: string): string {
+  const opts = `{service:'xmpp://127.0.0.1:${port}',domain:'${domain}',username:'${user.user}',password:'${user.password}'}`;
+  const code = `import {client,xml} from '@xmpp/client';const x=client(${opts});x.on('error',e=>console.error(String(e)));${body}x.start()`;
+  return `NODE_TLS_REJECT_UNAUTHORIZED=0 node --no-warnings --input-type=module -e "${code}"`;
+}
+const bobListens = oneLiner(
+  bob,
+  `x.on('stanza',s=>{const b=s.is('message')&&s.getChildText('body');if(b)console.log(s.attrs.from+': '+b)});` +
+    `x.on('online',j=>{console.log('online as '+j);x.send(xml('presence'))});`,
+);
+const aliceSends = oneLiner(
+  alice,
+  `x.on('online',async j=>{console.log('online as '+j);` +
+    `await x.send(xml('message',{to:'bob@${domain}',type:'chat'},xml('body',{},'hello bob')));await x.stop()});`,
+);
+
+process.stdout.write(`
+================================================================================
+xmpp-sm-proxy demo is running (Ctrl-C stops the proxy and Prosody)
+
+  XMPP domain        ${domain}
+  proxy, STARTTLS    127.0.0.1:${port}
+  proxy, direct TLS  127.0.0.1:${tlsPort}   (XEP-0368)
+  upstream           Prosody 0.12 on 127.0.0.1:${prosody.c2sPort} (STARTTLS required, no XEP-0198)
+  accounts           alice@${domain}   password ${alice.password}
+                     bob@${domain}     password ${bob.password}
+
+Any XMPP client: JID alice@${domain} (or bob), connect to host 127.0.0.1 port ${port}
+(STARTTLS) or ${tlsPort} (direct TLS) -- ${domain} does not resolve, so set the host and
+port by hand -- and accept the self-signed certificate.
+
+Or, from ${process.cwd()} in two more terminals (bob listens, alice sends him a message):
+  ${bobListens}
+
+  ${aliceSends}
+================================================================================
+`);
