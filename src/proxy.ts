@@ -96,9 +96,11 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     addresses,
     sessions,
     async close() {
-      await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-      for (const session of [...sessions]) session.end('proxy shutting down');
+      // server.close() waits for open connections: stop accepting, end the streams, then wait.
+      const closed = Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
       for (const client of [...clients]) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
+      for (const session of [...sessions]) session.end('proxy shutting down');
+      await closed;
     },
   };
 }

@@ -52,6 +52,8 @@ export class ClientStream extends EventEmitter {
   #domain: string | undefined;
   #link: UpstreamLink | undefined;
   #authAttempts = 0;
+  /** Whether our header for the current stream (since the last restart) went out. */
+  #headerSent = false;
   #bindId: string | undefined;
   /** The authenticated account, after SASL. */
   bareJid: string | undefined;
@@ -92,6 +94,8 @@ export class ClientStream extends EventEmitter {
   /** Ends the stream with a stream error (logged at info: the client misbehaved or is replaced). */
   fail(err: StreamError): void {
     if (this.#stream.closed) return;
+    // RFC 6120 §4.9.1.1: an error before our stream header still goes inside a stream.
+    if (!this.#headerSent) this.#writeHeader(this.#domain);
     this.log.info({ condition: err.condition }, `closing client stream: ${err.message}`);
     this.#stream.fail(err);
   }
@@ -122,14 +126,16 @@ export class ClientStream extends EventEmitter {
     return this.#state === 'authenticated';
   }
 
+  #writeHeader(domain: string | undefined): void {
+    const from = domain && this.#deps.domains.has(domain) ? domain : [...this.#deps.domains][0];
+    this.#stream.write(streamHeader({ from, id: newId(), version: '1.0', 'xml:lang': 'en' }));
+    this.#headerSent = true;
+  }
+
   #onHeader(attrs: Record<string, string>): void {
-    if (attrs['xmlns:stream'] !== NS.stream) {
-      this.#stream.write(streamHeader({ from: [...this.#deps.domains][0], id: newId(), version: '1.0' }));
-      return this.fail(new StreamError('invalid-namespace', 'wrong stream namespace'));
-    }
     const to = (attrs.to ?? '').toLowerCase();
-    const header = streamHeader({ from: to || [...this.#deps.domains][0], id: newId(), version: '1.0', 'xml:lang': 'en' });
-    this.#stream.write(header);
+    this.#writeHeader(to);
+    if (attrs['xmlns:stream'] !== NS.stream) return this.fail(new StreamError('invalid-namespace', 'wrong stream namespace'));
     if (attrs.xmlns !== NS.client) return this.fail(new StreamError('invalid-namespace', 'only jabber:client streams are served'));
     if (!this.#deps.domains.has(to)) return this.fail(new StreamError('host-unknown', `this proxy does not serve ${to || 'an unnamed domain'}`));
     if (this.#domain !== undefined && this.#domain !== to) return this.fail(new StreamError('host-unknown', 'domain changed on stream restart'));
@@ -184,6 +190,7 @@ export class ClientStream extends EventEmitter {
   async #startTls(): Promise<void> {
     this.#stream.write(`<proceed xmlns='${NS.tls}'/>`);
     this.#state = 'sasl';
+    this.#headerSent = false;
     try {
       await this.#stream.upgradeServer(this.#deps.secureContext);
     } catch (err) {
@@ -209,6 +216,7 @@ export class ClientStream extends EventEmitter {
       this.#state = 'authenticated';
       this.#stream.write(`<success xmlns='${NS.sasl}'/>`);
       this.#stream.restart();
+      this.#headerSent = false;
       this.log = this.log.child({ account: this.bareJid });
       this.log.info('authenticated upstream');
     } catch (err) {

@@ -63,6 +63,13 @@ export class StreamParser extends EventEmitter {
       this.#fail('not-well-formed', (err as Error).message);
       return;
     }
+    // saxes only judges an entity reference at its ';', so `a & b` would sit unreported until a
+    // later ';' arrives: judge a pending reference as soon as it cannot be one.
+    const entity = (this.#sax as unknown as { entity?: string }).entity;
+    if (entity && !/^#?[\w.:-]{0,32}$/.test(entity)) {
+      this.#fail('not-well-formed', 'unescaped & in text or attribute');
+      return;
+    }
     if (this.#pending > this.#limits.maxStanzaBytes && this.#depth > 1) {
       this.#fail('policy-violation', `stanza larger than ${this.#limits.maxStanzaBytes} bytes`);
     }
