@@ -116,7 +116,7 @@ export class Session extends EventEmitter {
       cleanEnd = true;
     });
     client.once('close', () => {
-      if (this.#client !== client) return;
+      if (this.#client !== client || this.#ended) return;
       this.#client = undefined;
       this.sm.attach(undefined);
       if (cleanEnd || !this.#resumeId || this.sm.overflowed) this.end(cleanEnd ? 'client closed its stream' : 'client connection lost');
