@@ -30,14 +30,16 @@ export class StreamParser extends EventEmitter {
   /** Element being built (depth ≥ 1) or undefined between stanzas. */
   #current: Element | undefined;
   #depth = 0;
-  /** Characters received since the last top-level element ended. */
-  #pending = 0;
+  /** Characters written so far, and the stream position where the last top-level element ended. */
+  #written = 0;
+  #boundary = 0;
   #failed = false;
 
   constructor(limits: StreamLimits) {
     super();
     this.#limits = limits;
-    const sax = new SaxesParser({ xmlns: false, position: false });
+    // `position` costs ~10 % of parse time and gives exact stanza sizes for the limit.
+    const sax = new SaxesParser({ xmlns: false, position: true });
     this.#sax = sax;
     sax.on('opentag', (tag) => this.#onOpen(tag));
     sax.on('closetag', (tag) => this.#onClose(tag));
@@ -56,7 +58,7 @@ export class StreamParser extends EventEmitter {
    */
   write(chunk: string): void {
     if (this.#failed) return;
-    this.#pending += chunk.length;
+    this.#written += chunk.length;
     try {
       this.#sax.write(chunk);
     } catch (err) {
@@ -70,9 +72,8 @@ export class StreamParser extends EventEmitter {
       this.#fail('not-well-formed', 'unescaped & in text or attribute');
       return;
     }
-    if (this.#pending > this.#limits.maxStanzaBytes && this.#depth > 1) {
-      this.#fail('policy-violation', `stanza larger than ${this.#limits.maxStanzaBytes} bytes`);
-    }
+    // An unfinished element (or an open tag) already over the limit.
+    if (this.#written - this.#boundary > this.#limits.maxStanzaBytes) this.#tooLarge();
   }
 
   #onOpen(tag: SaxesTagPlain): void {
@@ -84,7 +85,7 @@ export class StreamParser extends EventEmitter {
         return;
       }
       this.emit('start', tag.attributes);
-      this.#pending = 0;
+      this.#boundary = this.#sax.position;
       return;
     }
     if (depth - 1 > this.#limits.maxDepth) {
@@ -108,7 +109,9 @@ export class StreamParser extends EventEmitter {
     const parent = el.parent ?? undefined;
     if (depth === 2) {
       this.#current = undefined;
-      this.#pending = 0;
+      const end = this.#sax.position;
+      if (end - this.#boundary > this.#limits.maxStanzaBytes) return this.#tooLarge();
+      this.#boundary = end;
       this.emit('element', el);
     } else {
       this.#current = parent as Element;
@@ -124,6 +127,10 @@ export class StreamParser extends EventEmitter {
       // Only whitespace (keepalives) may sit between top-level elements.
       this.#fail('not-well-formed', 'text between stanzas');
     }
+  }
+
+  #tooLarge(): void {
+    this.#fail('policy-violation', `stanza larger than ${this.#limits.maxStanzaBytes} bytes`);
   }
 
   #fail(condition: 'not-well-formed' | 'restricted-xml' | 'policy-violation' | 'invalid-namespace', text: string): void {

@@ -1,0 +1,120 @@
+import t from 'tap';
+import { parse, type Element } from 'ltx';
+import { StreamManagement } from '../../src/sm/stream-management.ts';
+import { StreamError } from '../../src/xml/stream-error.ts';
+
+const opts = { maxUnackedStanzas: 0, maxQueueSize: 5, maxAckDelaySeconds: 30 };
+const el = (xml: string): Element => parse(xml) as Element;
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+function setup(acked = 0) {
+  const sm = new StreamManagement(opts, acked);
+  const written: string[] = [];
+  sm.attach((xml) => written.push(xml));
+  return { sm, written };
+}
+
+t.test('one <r/> per burst, and again when an ack leaves stanzas unacked (mod_smacks 2017)', async (t) => {
+  const { sm, written } = setup();
+  sm.enable();
+  for (let i = 0; i < 3; i++) sm.send(`<message id='${i}'/>`, 0);
+  await tick();
+  t.equal(written.filter((x) => x.startsWith('<r ')).length, 1, 'coalesced');
+  sm.send(`<message id='3'/>`, 0);
+  await tick();
+  t.equal(written.filter((x) => x.startsWith('<r ')).length, 1, 'no second <r/> while one is outstanding');
+  sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='3'/>`));
+  await tick();
+  t.equal(written.filter((x) => x.startsWith('<r ')).length, 2, 'the ack left one unacked: ask again');
+  sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='4'/>`));
+  await tick();
+  t.equal(written.filter((x) => x.startsWith('<r ')).length, 2, 'all acked: no more requests');
+  t.equal(sm.queue.length, 0);
+});
+
+t.test('<r/> is answered with the inbound count, wrapping at 2^32', async (t) => {
+  const { sm, written } = setup();
+  sm.enable();
+  sm.inbound = 2 ** 32 - 1;
+  sm.countInbound();
+  sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
+  t.equal(written.at(-1), `<a xmlns='urn:xmpp:sm:3' h='0'/>`);
+});
+
+t.test('stanzas are not counted or queued before enable', async (t) => {
+  const { sm, written } = setup();
+  sm.countInbound();
+  sm.send('<presence/>', 0);
+  t.equal(sm.inbound, 0);
+  t.equal(sm.queue.length, 0);
+  t.same(written, ['<presence/>'], 'still delivered');
+});
+
+t.test('an ack above what was sent is handled-count-too-high', async (t) => {
+  const { sm } = setup(2 ** 32 - 2);
+  sm.enable();
+  sm.send('<message/>', 0);
+  sm.send('<message/>', 0);
+  sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='0'/>`));
+  t.equal(sm.queue.length, 0, 'acks across the wrap');
+  const err = t.throws(() => sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='1'/>`))) as StreamError;
+  t.equal(err.condition, 'undefined-condition');
+  t.match(err.toXML(), /<handled-count-too-high xmlns='urn:xmpp:sm:3' h='1' send-count='0'\/>/);
+});
+
+t.test('a client that counted stanzas written before <enabled/> is tolerated once (design §4.2)', async (t) => {
+  const { sm } = setup();
+  sm.send('<presence/>', 0); // written before enable: a client like xmpp.js 0.14 may count it
+  sm.enable();
+  sm.send('<message/>', 0);
+  sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='2'/>`));
+  t.equal(sm.queue.length, 0, 'offset of 1 accepted');
+  sm.send('<message/>', 0);
+  sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='3'/>`));
+  t.equal(sm.queue.length, 0, 'and subtracted from later acks');
+  t.throws(() => sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='5'/>`)), 'but no more than that');
+});
+
+t.test('<a/> without a valid h is bad-format', async (t) => {
+  const { sm } = setup();
+  sm.enable();
+  const err = t.throws(() => sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='x'/>`))) as StreamError;
+  t.equal(err.condition, 'bad-format');
+});
+
+t.test('queue overflow makes the session unresumable, once', async (t) => {
+  const { sm } = setup();
+  sm.enable();
+  let overflows = 0;
+  sm.on('overflow', () => overflows++);
+  for (let i = 0; i < 8; i++) sm.send('<message/>', 0);
+  t.equal(overflows, 1);
+  t.ok(sm.overflowed);
+});
+
+t.test('while detached (hibernating) stanzas queue without writes or requests', async (t) => {
+  const { sm, written } = setup();
+  sm.enable();
+  sm.attach(undefined);
+  sm.send('<message/>', 0);
+  await tick();
+  t.equal(sm.queue.length, 1);
+  t.same(written, []);
+  t.ok(sm.ackOnResume(0));
+  t.notOk(sm.ackOnResume(2), 'resume h beyond what was sent');
+  t.ok(sm.ackOnResume(1));
+  t.equal(sm.queue.length, 0);
+});
+
+t.test('ack-delayed fires when an <r/> goes unanswered', async (t) => {
+  const sm = new StreamManagement({ ...opts, maxAckDelaySeconds: 0.05 });
+  sm.attach(() => {});
+  sm.enable();
+  const fired = new Promise((resolve) => sm.once('ack-delayed', resolve));
+  const keepAlive = setTimeout(() => {}, 5000); // the proxy's timers are unref'd; sockets keep it alive
+  sm.send('<message/>', 0);
+  await fired;
+  clearTimeout(keepAlive);
+  t.pass('ack-delayed emitted');
+  sm.close();
+});

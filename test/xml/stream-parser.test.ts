@@ -1,0 +1,67 @@
+import t from 'tap';
+import type { Element } from 'ltx';
+import { StreamParser } from '../../src/xml/stream-parser.ts';
+import type { StreamError } from '../../src/xml/stream-error.ts';
+
+const HEADER = `<?xml version='1.0'?><stream:stream to='a.test' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>`;
+
+function run(chunks: string[], limits = { maxStanzaBytes: 1024, maxDepth: 4 }) {
+  const p = new StreamParser(limits);
+  const out = { header: undefined as Record<string, string> | undefined, elements: [] as Element[], error: undefined as StreamError | undefined, ended: false };
+  p.on('start', (a) => (out.header = a));
+  p.on('element', (el) => out.elements.push(el));
+  p.on('error', (e) => (out.error = e));
+  p.on('end', () => (out.ended = true));
+  for (const c of chunks) p.write(c);
+  return out;
+}
+
+t.test('frames header, stanzas split across chunks, whitespace keepalives, close', async (t) => {
+  const r = run([HEADER.slice(0, 30), HEADER.slice(30), `<message to='b'><bo`, `dy>h&amp;i é</body></message> \n `, `<r xmlns='urn:xmpp:sm:3'/></stream:stream>`]);
+  t.equal(r.header?.to, 'a.test');
+  t.equal(r.elements.length, 2);
+  t.equal(r.elements[0]!.getChildText('body'), 'h&i é');
+  t.equal(r.elements[0]!.parent, null, 'top-level elements have no parent');
+  t.equal(r.elements[1]!.attrs.xmlns, 'urn:xmpp:sm:3');
+  t.ok(r.ended);
+  t.equal(r.error, undefined);
+});
+
+const cases: Array<[string, string, string]> = [
+  ['mismatched tags', `<message><body></message>`, 'not-well-formed'],
+  ['bare ampersand', `<message><body>a & b</body></message>`, 'not-well-formed'],
+  ['undefined entity', `<message><body>&foo;</body></message>`, 'not-well-formed'],
+  ['text between stanzas', `hello<message/>`, 'not-well-formed'],
+  ['comment', `<!-- x -->`, 'restricted-xml'],
+  ['processing instruction', `<?foo bar?>`, 'restricted-xml'],
+  ['too deep', `<message><a><b><c><d></d></c></b></a></message>`, 'policy-violation'],
+  ['too large', `<message><body>${'x'.repeat(2000)}</body></message>`, 'policy-violation'],
+];
+for (const [name, input, condition] of cases) {
+  t.test(`${name} → ${condition}`, async (t) => {
+    const r = run([HEADER, input]);
+    t.equal(r.error?.condition, condition);
+    t.equal(r.elements.length, 0, 'nothing emitted');
+  });
+}
+
+t.test('a DTD before the stream is restricted-xml', async (t) => {
+  const r = run([`<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a "b">]>`, HEADER]);
+  t.equal(r.error?.condition, 'restricted-xml');
+});
+
+t.test('a large stanza sent in many small chunks is still caught', async (t) => {
+  const r = run([HEADER, `<message><body>`, ...Array.from({ length: 40 }, () => 'y'.repeat(100))]);
+  t.equal(r.error?.condition, 'policy-violation');
+});
+
+t.test('many stanzas in one stream do not add up to the size limit', async (t) => {
+  const r = run([HEADER, ...Array.from({ length: 100 }, (_, i) => `<message id='${i}'><body>${'z'.repeat(500)}</body></message>`)]);
+  t.equal(r.error, undefined);
+  t.equal(r.elements.length, 100);
+});
+
+t.test('the root must be stream:stream', async (t) => {
+  const r = run([`<foo>`]);
+  t.equal(r.error?.condition, 'invalid-namespace');
+});
