@@ -10,6 +10,7 @@ import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
 import { UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
 import { SessionRegistry } from './sm/registry.ts';
 import { Session, failed, type SessionDeps } from './session/session.ts';
+import { HeldMessages } from './session/held-messages.ts';
 import { StreamError } from './xml/stream-error.ts';
 
 /** A running proxy. */
@@ -35,6 +36,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
 
   const registry = new SessionRegistry<Session>(config.sm.maxOldSessions);
   const sessions = new Set<Session>();
+  /** Live sessions per bare JID (for the last-session rule of design §4.3). */
+  const byAccount = new Map<string, Set<Session>>();
   const clients = new Set<ClientStream>();
   const upstreamCa = config.upstream.caFile ? [fs.readFileSync(config.upstream.caFile, 'utf8')] : undefined;
 
@@ -46,6 +49,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     ca: upstreamCa,
     acceptSelfSigned: config.upstream.acceptSelfSigned,
     timeoutMs: config.upstream.connectTimeoutSeconds * 1000,
+    keepaliveMs: config.upstream.keepaliveSeconds * 1000,
+    pingTimeoutMs: config.upstream.pingTimeoutSeconds * 1000,
     limits: { maxStanzaBytes: Math.max(config.limits.maxStanzaBytes * 4, 1 << 20), maxDepth: config.limits.maxDepth * 2 },
   });
 
@@ -53,6 +58,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     registry,
     sm: config.sm,
     hibernationSeconds: config.sm.hibernationSeconds,
+    held: new HeldMessages(config.sm.maxHeldMessages),
+    isLastSession: (session) => (byAccount.get(session.bareJid)?.size ?? 0) <= 1,
     log,
   };
 
@@ -65,7 +72,14 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     bound(client, link, fullJid) {
       const session = new Session(sessionDeps, client, link, fullJid);
       sessions.add(session);
-      session.once('ended', () => sessions.delete(session));
+      const mine = byAccount.get(session.bareJid) ?? new Set<Session>();
+      mine.add(session);
+      byAccount.set(session.bareJid, mine);
+      session.once('ended', () => {
+        sessions.delete(session);
+        mine.delete(session);
+        if (mine.size === 0) byAccount.delete(session.bareJid);
+      });
       session.log.info('session started');
     },
     resume(client: ClientStream, el: Element) {
@@ -73,7 +87,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       const session = registry.get(id, client.bareJid!);
       if (!session) {
         // Unknown, expired, or another account's id: the same answer (XEP-0198 §5).
-        client.write(failed('item-not-found', registry.oldH(id, client.bareJid!)));
+        const old = registry.old(id, client.bareJid!);
+        client.write(failed(old?.condition ?? 'item-not-found', old?.h));
         client.log.info('resume failed: unknown session');
         return;
       }

@@ -31,6 +31,13 @@ export interface Config {
     acceptSelfSigned: boolean;
     /** Give up connecting after this long (seconds). */
     connectTimeoutSeconds: number;
+    /**
+     * A link with nothing sent for this long gets an XEP-0199 ping to the server (seconds), so a
+     * server-side idle disconnect (Openfire's) never ends a session, hibernated ones included.
+     */
+    keepaliveSeconds: number;
+    /** A ping unanswered for this long means the link is dead (seconds). */
+    pingTimeoutSeconds: number;
   };
   listen: {
     /** STARTTLS listeners (RFC 6120 §5); empty disables. Default 0.0.0.0:5222. */
@@ -57,6 +64,11 @@ export interface Config {
     maxAckDelaySeconds: number;
     /** Old sessions' `h` remembered per account for late resumes (mod_smacks: 10). */
     maxOldSessions: number;
+    /**
+     * Chat/normal messages the proxy holds per account when a session ends unacked and it was
+     * the account's last one (design §4.3), delivered at the next login; the oldest go first.
+     */
+    maxHeldMessages: number;
   };
   limits: {
     /** Largest top-level element accepted from a client (bytes). */
@@ -78,6 +90,8 @@ export const DEFAULTS: Config = {
     tls: 'auto',
     acceptSelfSigned: false,
     connectTimeoutSeconds: 10,
+    keepaliveSeconds: 60,
+    pingTimeoutSeconds: 30,
   },
   listen: {
     starttls: [{ host: '0.0.0.0', port: 5222 }],
@@ -90,6 +104,7 @@ export const DEFAULTS: Config = {
     maxQueueSize: 500,
     maxAckDelaySeconds: 30,
     maxOldSessions: 10,
+    maxHeldMessages: 1000,
   },
   limits: {
     maxStanzaBytes: 256 * 1024,

@@ -224,6 +224,8 @@ const SCHEMA: Schema<Config> = {
     caFile: readableFile,
     acceptSelfSigned: boolean,
     connectTimeoutSeconds: seconds(1),
+    keepaliveSeconds: seconds(1),
+    pingTimeoutSeconds: seconds(1),
   },
   listen: {
     starttls: listenList,
@@ -241,6 +243,7 @@ const SCHEMA: Schema<Config> = {
     maxQueueSize: atLeast(1),
     maxAckDelaySeconds: seconds(0),
     maxOldSessions: nonNegative,
+    maxHeldMessages: nonNegative,
   },
   limits: {
     maxStanzaBytes: atLeast(1024),

@@ -8,6 +8,8 @@ import type { SessionRegistry } from '../sm/registry.ts';
 import { parseH } from '../sm/counter.ts';
 import { NS, isStanzaName } from '../xml/stream-header.ts';
 import { StreamError } from '../xml/stream-error.ts';
+import type { HeldMessages } from './held-messages.ts';
+import { settle } from './settle.ts';
 
 /** What a session needs from the proxy, passed in by name. */
 export interface SessionDeps {
@@ -15,6 +17,10 @@ export interface SessionDeps {
   sm: SmOptions;
   /** Hibernation time (seconds), also advertised as `max` in `<enabled/>`. */
   hibernationSeconds: number;
+  /** Messages held for accounts whose last session ended with them unacked. */
+  held: HeldMessages;
+  /** True when `session` is the only live session of its account at the proxy. */
+  isLastSession(session: Session): boolean;
   log: Logger;
 }
 
@@ -38,6 +44,8 @@ export class Session extends EventEmitter {
   #resumeId: string | undefined;
   #hibernationTimer: NodeJS.Timeout | undefined;
   #ended = false;
+  /** Whether the client sent its initial presence (held messages follow it, RFC 6121 §4.2). */
+  #available = false;
   readonly #deps: SessionDeps;
 
   constructor(deps: SessionDeps, client: ClientStream, upstream: UpstreamLink, fullJid: string) {
@@ -47,7 +55,7 @@ export class Session extends EventEmitter {
     this.bareJid = fullJid.split('/')[0]!;
     this.log = client.log.child({ resource: fullJid.slice(this.bareJid.length + 1) });
     this.sm = new StreamManagement(deps.sm);
-    this.sm.on('overflow', () => this.log.warn('unacked queue overflowed: session no longer resumable'));
+    this.sm.on('overflow', () => this.#onOverflow());
     this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
     this.#upstream = upstream;
     upstream.on('element', (el: Element) => this.#fromUpstream(el));
@@ -66,6 +74,7 @@ export class Session extends EventEmitter {
     if (isStanzaName(el.name)) {
       this.sm.countInbound();
       this.#upstream.send(el.toString());
+      if (!this.#available && el.name === 'presence' && !el.attrs.to && !el.attrs.type) this.#onInitialPresence();
       return;
     }
     if (el.attrs.xmlns === NS.sm) return this.#smFromClient(el);
@@ -74,10 +83,39 @@ export class Session extends EventEmitter {
   }
 
   #fromUpstream(el: Element): void {
-    if (isStanzaName(el.name)) {
-      this.sm.send(el.toString(), Date.now());
+    if (!isStanzaName(el.name)) return; // upstream nonzas are for the proxy's link, never the client
+    if (this.#ended) return this.#settleLate(el);
+    if (this.#client === undefined && el.name === 'iq' && this.#isServerPing(el)) {
+      // Design §4.3: answer the server's liveness checks for a hibernated client.
+      this.#upstream.send(`<iq type='result' id='${escapeAttr(el.attrs.id)}' to='${escapeAttr(el.attrs.from ?? this.#domain)}'/>`);
+      return;
     }
-    // Upstream nonzas are for the proxy's link, never for the client.
+    this.sm.send(el.toString(), Date.now());
+  }
+
+  /** An XEP-0199 ping from the server itself (its domain, or no `from`). */
+  #isServerPing(el: Element): boolean {
+    const from = el.attrs.from;
+    return el.attrs.type === 'get' && (from === undefined || from === this.#domain) && el.getChild('ping', NS.ping) !== undefined;
+  }
+
+  get #domain(): string {
+    return this.bareJid.slice(this.bareJid.indexOf('@') + 1);
+  }
+
+  #onInitialPresence(): void {
+    this.#available = true;
+    const held = this.#deps.held.take(this.bareJid);
+    if (held.length === 0) return;
+    this.log.info({ count: held.length }, 'delivering messages held since the last session ended');
+    for (const s of held) this.sm.send(withDelay(s.xml, s.receivedAt, this.#domain), s.receivedAt);
+  }
+
+  #onOverflow(): void {
+    this.log.warn(`more than ${this.#deps.sm.maxQueueSize} unacked stanzas: session no longer resumable`);
+    // mod_smacks: the session cannot be resumed any more, so it ends now (design §4.3).
+    this.#client?.fail(new StreamError('resource-constraint', 'too many unacknowledged stanzas'));
+    this.end('unacked queue overflowed');
   }
 
   // ---- XEP-0198 negotiation on the live stream ----------------------------------------------
@@ -178,17 +216,38 @@ export class Session extends EventEmitter {
     this.end(`upstream: ${reason}`);
   }
 
-  /** Ends the session: closes the upstream with unavailable presence, forgets the resumption id. */
+  /**
+   * Ends the session (hibernation timeout, overflow, clean close, upstream loss): forgets the
+   * resumption id (remembering `h`), settles the unacked stanzas the mod_smacks way (design
+   * §4.3) and closes the upstream session with an unavailable presence.
+   */
   end(reason: string): void {
     if (this.#ended) return;
     this.#ended = true;
     clearTimeout(this.#hibernationTimer);
-    if (this.#resumeId) this.#deps.registry.remove(this.#resumeId, this, this.sm.inbound);
+    if (this.#resumeId) {
+      this.#deps.registry.remove(this.#resumeId, this, this.sm.inbound, this.sm.overflowed ? 'resource-constraint' : undefined);
+    }
+    const last = this.#deps.isLastSession(this);
+    const counts = { archived: 0, hold: 0, bounce: 0, drop: 0 };
+    for (const stanza of this.sm.queue.drain()) {
+      const outcome = settle(stanza, this.bareJid, last);
+      counts[outcome.action]++;
+      if (outcome.action === 'hold') this.#deps.held.hold(this.bareJid, stanza);
+      else if (outcome.action === 'bounce') this.#upstream.send(outcome.reply);
+    }
     if (!this.#upstream.closed) this.#upstream.close(`<presence type='unavailable'/>`);
     this.#client?.end();
     this.sm.close();
-    this.log.info(`session ended: ${reason}`);
+    this.log.info({ unacked: counts }, `session ended: ${reason}`);
     this.emit('ended', reason);
+  }
+
+  /** A stanza the server sent after the session ended: hold it when it is a chat message. */
+  #settleLate(el: Element): void {
+    const stanza = { xml: el.toString(), receivedAt: Date.now() };
+    const outcome = settle(stanza, this.bareJid, this.#deps.isLastSession(this));
+    if (outcome.action === 'hold') this.#deps.held.hold(this.bareJid, stanza);
   }
 }
 
@@ -196,6 +255,10 @@ export class Session extends EventEmitter {
 export function failed(condition: string, h?: number, extra = ''): string {
   const hAttr = h === undefined ? '' : ` h='${h}'`;
   return `<failed xmlns='${NS.sm}'${hAttr}><${condition} xmlns='${NS.stanzas}'/>${extra}</failed>`;
+}
+
+function escapeAttr(value: string): string {
+  return value.replace(/[&<>'"]/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 /** Adds an XEP-0203 delay stamp to a message or presence being re-sent (XEP-0198 §5). */

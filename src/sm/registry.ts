@@ -1,5 +1,14 @@
 import { randomBytes } from 'node:crypto';
 
+/** An ended session remembered for late resumes. */
+export interface OldSession {
+  id: string;
+  /** Client stanzas the session had handled (its final inbound `h`). */
+  h: number;
+  /** Stanza error condition for a late `<resume/>`: item-not-found, or resource-constraint after an overflow. */
+  condition: string;
+}
+
 /** What the registry needs to know of a resumable session. */
 export interface Resumable {
   /** The authenticated account (bare JID) that owns the session. */
@@ -13,8 +22,8 @@ export interface Resumable {
  */
 export class SessionRegistry<S extends Resumable> {
   readonly #live = new Map<string, S>();
-  /** bare JID → ended sessions' (id, h), oldest first. */
-  readonly #old = new Map<string, Array<{ id: string; h: number }>>();
+  /** bare JID → ended sessions' (id, h, why not resumable), oldest first. */
+  readonly #old = new Map<string, Array<OldSession>>();
   readonly #maxOld: number;
 
   constructor(maxOldSessions: number) {
@@ -44,18 +53,21 @@ export class SessionRegistry<S extends Resumable> {
     return session && session.bareJid === bareJid ? session : undefined;
   }
 
-  /** The final `h` of an ended session of `bareJid`, if still remembered. */
-  oldH(id: string, bareJid: string): number | undefined {
-    return this.#old.get(bareJid)?.find((entry) => entry.id === id)?.h;
+  /** An ended session of `bareJid` with this id, if still remembered. */
+  old(id: string, bareJid: string): OldSession | undefined {
+    return this.#old.get(bareJid)?.find((entry) => entry.id === id);
   }
 
-  /** Removes a live session; with `finalH`, remembers it for late resumes. */
-  remove(id: string, session: S, finalH?: number): void {
+  /**
+   * Removes a live session; with `finalH`, remembers it for late resumes (XEP-0198 §5 `<failed h>`),
+   * with the stanza error `condition` a late resume gets (default item-not-found).
+   */
+  remove(id: string, session: S, finalH?: number, condition = 'item-not-found'): void {
     if (this.#live.get(id) !== session) return;
     this.#live.delete(id);
     if (finalH === undefined || this.#maxOld === 0) return;
     const list = this.#old.get(session.bareJid) ?? [];
-    list.push({ id, h: finalH });
+    list.push({ id, h: finalH, condition });
     if (list.length > this.#maxOld) list.shift();
     this.#old.set(session.bareJid, list);
   }

@@ -25,6 +25,10 @@ export interface UpstreamOptions {
   acceptSelfSigned: boolean;
   /** Connect plus full negotiation must finish within this time. */
   timeoutMs: number;
+  /** Ping the server when nothing was sent for this long (0: never). */
+  keepaliveMs: number;
+  /** An unanswered keepalive ping after this long closes the link as dead. */
+  pingTimeoutMs: number;
   limits: StreamLimits;
 }
 
@@ -58,11 +62,19 @@ export class UpstreamLink extends EventEmitter {
   /** True when the link runs over TLS. */
   readonly secure: boolean;
   readonly #stream: XmlStream;
+  readonly #options: UpstreamOptions;
   #closeReason = 'closed';
+  /** The proxy's own iqs to the server (pings) awaiting their answer, by id. */
+  readonly #ownIqs = new Map<string, (ok: boolean) => void>();
+  #iqSeq = 0;
+  /** Count of writes; the keepalive timer pings when it has not moved for a period. */
+  #writes = 0;
+  #keepaliveTimer: NodeJS.Timeout | undefined;
 
-  private constructor(stream: XmlStream, features: Element, credential: CachedCredential, secure: boolean) {
+  private constructor(stream: XmlStream, options: UpstreamOptions, features: Element, credential: CachedCredential, secure: boolean) {
     super();
     this.#stream = stream;
+    this.#options = options;
     this.features = features;
     this.credential = credential;
     this.secure = secure;
@@ -75,7 +87,20 @@ export class UpstreamLink extends EventEmitter {
       this.#closeReason = 'upstream closed the stream';
       stream.end();
     });
-    stream.once('close', () => this.emit('close', this.#closeReason));
+    stream.once('close', () => {
+      clearInterval(this.#keepaliveTimer);
+      for (const settle of this.#ownIqs.values()) settle(false);
+      this.#ownIqs.clear();
+      this.emit('close', this.#closeReason);
+    });
+    if (options.keepaliveMs > 0) {
+      let seen = -1;
+      this.#keepaliveTimer = setInterval(() => {
+        if (this.#writes === seen) void this.#keepalive();
+        seen = this.#writes;
+      }, options.keepaliveMs);
+      this.#keepaliveTimer.unref();
+    }
   }
 
   /**
@@ -148,7 +173,7 @@ export class UpstreamLink extends EventEmitter {
       stream.restart();
       features = await reader.open(options.domain);
       reader.detach();
-      return new UpstreamLink(stream, features, kept, secure);
+      return new UpstreamLink(stream, options, features, kept, secure);
     } catch (err) {
       stream.destroy();
       throw err instanceof SaslFailure || err instanceof UpstreamError ? err : new UpstreamError((err as Error).message);
@@ -159,7 +184,35 @@ export class UpstreamLink extends EventEmitter {
 
   /** Sends serialized XML (a stanza or nonza) to the server. */
   send(xml: string): void {
+    this.#writes++;
     this.#stream.write(xml);
+  }
+
+  /**
+   * XEP-0199 ping to the server. Resolves true on any answer (a result, or an error such as
+   * service-unavailable: either proves the link alive), false on timeout or a closed link.
+   * The answer is consumed here, never emitted as `element`.
+   */
+  ping(timeoutMs: number): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    const id = `proxy-ping-${++this.#iqSeq}`;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => settle(false), timeoutMs);
+      const settle = (ok: boolean): void => {
+        clearTimeout(timer);
+        this.#ownIqs.delete(id);
+        resolve(ok);
+      };
+      this.#ownIqs.set(id, settle);
+      this.send(`<iq type='get' id='${id}' to='${this.#options.domain}'><ping xmlns='${NS.ping}'/></iq>`);
+    });
+  }
+
+  async #keepalive(): Promise<void> {
+    if (await this.ping(this.#options.pingTimeoutMs)) return;
+    if (this.closed) return;
+    this.#closeReason = `no answer to a ping within ${this.#options.pingTimeoutMs} ms`;
+    this.destroy();
   }
 
   /** True once the link is closed or closing. */
@@ -180,6 +233,10 @@ export class UpstreamLink extends EventEmitter {
   }
 
   #onElement(el: Element): void {
+    if (el.name === 'iq' && this.#ownIqs.size > 0 && (el.attrs.type === 'result' || el.attrs.type === 'error')) {
+      const settle = this.#ownIqs.get(el.attrs.id);
+      if (settle) return settle(true);
+    }
     if (el.name === 'stream:error') {
       const condition = el.getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';
       this.#closeReason = `upstream stream error: ${condition}`;

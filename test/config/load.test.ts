@@ -143,6 +143,8 @@ t.test('every flag maps to its key', async (t) => {
       caFile: join(dir, 'ca.pem'),
       acceptSelfSigned: true,
       connectTimeoutSeconds: 10,
+      keepaliveSeconds: 60,
+      pingTimeoutSeconds: 30,
     },
     listen: {
       starttls: [

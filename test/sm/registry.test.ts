@@ -19,9 +19,18 @@ t.test('ended sessions keep their h, a bounded number per account', async (t) =>
     reg.remove(id, s, h * 10);
     return id;
   });
-  t.equal(reg.oldH(ids[0]!, 'alice@x'), undefined, 'oldest forgotten');
-  t.equal(reg.oldH(ids[1]!, 'alice@x'), 10);
-  t.equal(reg.oldH(ids[2]!, 'alice@x'), 20);
-  t.equal(reg.oldH(ids[2]!, 'bob@x'), undefined, 'not revealed to another account');
+  t.equal(reg.old(ids[0]!, 'alice@x'), undefined, 'oldest forgotten');
+  t.equal(reg.old(ids[1]!, 'alice@x')?.h, 10);
+  t.equal(reg.old(ids[2]!, 'alice@x')?.h, 20);
+  t.equal(reg.old(ids[2]!, 'alice@x')?.condition, 'item-not-found');
+  t.equal(reg.old(ids[2]!, 'bob@x'), undefined, 'not revealed to another account');
   t.equal(reg.size, 0);
+});
+
+t.test('an overflowed session is remembered with resource-constraint', async (t) => {
+  const reg = new SessionRegistry<{ bareJid: string }>(10);
+  const s = { bareJid: 'alice@x' };
+  const id = reg.add(s);
+  reg.remove(id, s, 7, 'resource-constraint');
+  t.same(reg.old(id, 'alice@x'), { id, h: 7, condition: 'resource-constraint' });
 });
