@@ -167,6 +167,9 @@ export class ClientStream extends EventEmitter {
       case 'sasl':
         if (el.is('auth', NS.sasl)) return void this.#authenticate(el);
         if (el.is('abort', NS.sasl)) return this.#stream.write(`<failure xmlns='${NS.sasl}'><aborted/></failure>`);
+        // As Prosody's mod_smacks answers them: nothing to enable or resume before SASL.
+        if (el.is('enable', NS.sm)) return this.#stream.write(`<failed xmlns='${NS.sm}'><service-unavailable xmlns='${NS.stanzas}'/></failed>`);
+        if (el.is('resume', NS.sm)) return this.#stream.write(`<failed xmlns='${NS.sm}'><item-not-found xmlns='${NS.stanzas}'/></failed>`);
         return this.fail(new StreamError('not-authorized', 'authenticate first'));
       case 'authenticating':
         // RFC 6120 §6.4.2: nothing but the SASL exchange until it ends.

@@ -42,6 +42,14 @@ export class StreamManagement extends EventEmitter {
   #preEnableWritten = 0;
   /** The excess accepted from such a client, subtracted from its later acks. */
   #ackOffset = 0;
+  /**
+   * `queue.sent` when the last `<r/>` went out: no new request until more was sent, so a client
+   * that keeps acking too little cannot start an ack loop (mod_smacks' last_requested_h).
+   */
+  #lastRequestedAt = -1;
+  /** `<r/>` received in the current flood window. */
+  #requests = 0;
+  #requestWindowStart = 0;
 
   constructor(options: SmOptions, acked = 0) {
     super();
@@ -98,9 +106,14 @@ export class StreamManagement extends EventEmitter {
    * not its business. Throws StreamError for an ack of stanzas never sent (XEP-0198 §4).
    */
   handleNonza(el: Element): boolean {
-    if (el.attrs.xmlns !== NS.sm) return false;
+    if (el.attrs.xmlns !== NS.sm || (el.name !== 'r' && el.name !== 'a')) return false;
+    // Like mod_smacks: acks on a stream without SM are stanzas of an unknown kind.
+    if (!this.enabled) throw new StreamError('unsupported-stanza-type', `<${el.name}/> before <enable/>`);
     if (el.name === 'r') {
+      this.#checkFlood();
       this.#write?.(`<a xmlns='${NS.sm}' h='${this.inbound}'/>`);
+      // mod_smacks piggybacks its own request on the answer when one is due.
+      this.#scheduleRequest();
       return true;
     }
     if (el.name === 'a') {
@@ -159,19 +172,33 @@ export class StreamManagement extends EventEmitter {
 
   /** Asks the client for an ack (coalesced) if enough is unacknowledged, e.g. after a re-send. */
   requestAck(): void {
+    this.#lastRequestedAt = -1;
     this.#scheduleRequest();
   }
 
+  /** More than 100 `<r/>` in 10 s is a flood (no honest client needs more than one per ack). */
+  #checkFlood(): void {
+    const now = Date.now();
+    if (now - this.#requestWindowStart > 10_000) {
+      this.#requestWindowStart = now;
+      this.#requests = 0;
+    }
+    if (++this.#requests > 100) throw new StreamError('policy-violation', 'too many ack requests');
+  }
+
+  #requestDue(): boolean {
+    return !this.#requestPending && this.queue.length > this.#options.maxUnackedStanzas && this.queue.sent !== this.#lastRequestedAt;
+  }
+
   #scheduleRequest(): void {
-    if (this.#requestPending || this.#requestScheduled) return;
-    if (this.queue.length <= this.#options.maxUnackedStanzas) return;
+    if (this.#requestScheduled || !this.#requestDue()) return;
     this.#requestScheduled = true;
     // One <r/> per burst: wait until this I/O turn's stanzas are written.
     setImmediate(() => {
       this.#requestScheduled = false;
-      if (!this.#write || this.#requestPending) return;
-      if (this.queue.length <= this.#options.maxUnackedStanzas) return;
+      if (!this.#write || !this.#requestDue()) return;
       this.#requestPending = true;
+      this.#lastRequestedAt = this.queue.sent;
       this.#write(`<r xmlns='${NS.sm}'/>`);
       this.#ackDelayTimer ??= setTimeout(() => {
         this.#ackDelayTimer = undefined;

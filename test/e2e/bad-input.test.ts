@@ -140,3 +140,23 @@ t.test('an ack for stanzas never sent: undefined-condition with handled-count-to
   t.ok(err.getChild('handled-count-too-high', 'urn:xmpp:sm:3'), 'with the SM condition');
   await bystanderStillWorks(t);
 });
+
+t.test('a flood of <r/>: policy-violation', async (t) => {
+  const { client } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'flood' });
+  client.send(`<enable xmlns='urn:xmpp:sm:3'/>`);
+  await client.next((el) => el.name === 'enabled');
+  client.send(`<r xmlns='urn:xmpp:sm:3'/>`.repeat(500));
+  t.equal(await client.streamError(), 'policy-violation');
+  t.ok(client.received.filter((el) => el.name === 'a').length <= 100, 'at most 100 answered');
+  await bystanderStillWorks(t);
+});
+
+t.test('enable and resume before SASL get <failed/> (as Prosody answers them)', async (t) => {
+  const c = await tlsClient();
+  c.send(`<enable xmlns='urn:xmpp:sm:3'/>`);
+  t.equal((await c.next((el) => el.name === 'failed')).getChildElements()[0]?.name, 'service-unavailable');
+  c.send(`<resume xmlns='urn:xmpp:sm:3' previd='abc' h='0'/>`);
+  t.equal((await c.next((el) => el.name === 'failed')).getChildElements()[0]?.name, 'item-not-found');
+  t.equal((await c.auth('bob', 'bob-pw')).name, 'success', 'the stream stays usable');
+  c.destroy();
+});

@@ -118,3 +118,44 @@ t.test('ack-delayed fires when an <r/> goes unanswered', async (t) => {
   t.pass('ack-delayed emitted');
   sm.close();
 });
+
+t.test('<r/> and <a/> before enable are unsupported-stanza-type (as mod_smacks)', async (t) => {
+  const { sm } = setup();
+  const err = t.throws(() => sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`))) as StreamError;
+  t.equal(err.condition, 'unsupported-stanza-type');
+});
+
+t.test('a flood of <r/> is a policy-violation', async (t) => {
+  const { sm, written } = setup();
+  sm.enable();
+  for (let i = 0; i < 100; i++) sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
+  t.equal(written.length, 100, 'each answered');
+  const err = t.throws(() => sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`))) as StreamError;
+  t.equal(err.condition, 'policy-violation');
+});
+
+t.test('no ack loop: an ack that leaves the queue unchanged does not trigger another <r/>', async (t) => {
+  const { sm, written } = setup();
+  sm.enable();
+  sm.send('<message/>', 0);
+  await tick();
+  const requests = () => written.filter((x) => x.startsWith('<r ')).length;
+  t.equal(requests(), 1);
+  sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='0'/>`)); // acks nothing
+  await tick();
+  t.equal(requests(), 1, 'same expected h as the last request: no new <r/>');
+  sm.send('<message/>', 0);
+  await tick();
+  t.equal(requests(), 2, 'more was sent: ask again');
+});
+
+t.test('<r/> from the client piggybacks our own request when one is due', async (t) => {
+  const { sm, written } = setup();
+  sm.enable();
+  sm.attach(undefined);
+  sm.send('<message/>', 0); // queued while detached: no request
+  sm.attach((xml) => written.push(xml));
+  sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
+  await tick();
+  t.same(written, [`<a xmlns='urn:xmpp:sm:3' h='0'/>`, `<r xmlns='urn:xmpp:sm:3'/>`]);
+});
