@@ -69,6 +69,11 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     limits: config.limits,
     log,
     login: (cred, domain) => UpstreamLink.open(upstreamOptions(domain), cred),
+    async verifyCached(cred, bareJid) {
+      const session = byAccount.get(bareJid)?.values().next().value;
+      if (!session || !(await session.verifyPassword(cred.password))) return undefined;
+      return session.upstreamFeatures;
+    },
     bound(client, link, fullJid) {
       const session = new Session(sessionDeps, client, link, fullJid);
       sessions.add(session);

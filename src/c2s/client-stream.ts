@@ -23,6 +23,12 @@ export interface ClientStreamDeps {
    * @throws SaslFailure (the upstream's verdict) or UpstreamError (unreachable).
    */
   login(cred: PlainCredential, domain: string): Promise<UpstreamLink>;
+  /**
+   * Checks the credential against the one cached by a live session of the same account
+   * (design §4.3: resumption is verified against the cached credential). Resolves with that
+   * session's upstream post-auth features when it matches, undefined otherwise.
+   */
+  verifyCached(cred: PlainCredential, bareJid: string): Promise<Element | undefined>;
   /** The upstream bound a resource: create the session (design §4.1.4). */
   bound(client: ClientStream, link: UpstreamLink, fullJid: string): void;
   /** `<resume/>` after SASL (XEP-0198 §5); the handler answers on `client`. */
@@ -51,6 +57,10 @@ export class ClientStream extends EventEmitter {
   #state: State;
   #domain: string | undefined;
   #link: UpstreamLink | undefined;
+  /** Post-auth features of the upstream (from #link, or from the session that verified us). */
+  #upstreamFeatures: Element | undefined;
+  /** Kept only between a cache-verified SASL success and the bind that needs a fresh link. */
+  #pendingCred: PlainCredential | undefined;
   #authAttempts = 0;
   /** Whether our header for the current stream (since the last restart) went out. */
   #headerSent = false;
@@ -119,6 +129,7 @@ export class ClientStream extends EventEmitter {
   closeSpareLink(): void {
     this.#link?.close();
     this.#link = undefined;
+    this.#pendingCred = undefined;
   }
 
   /** A resume failed or was refused: the stream stays in the post-auth state (XEP-0198 §5). */
@@ -151,7 +162,7 @@ export class ClientStream extends EventEmitter {
       case 'sasl':
         return `<stream:features><mechanisms xmlns='${NS.sasl}'><mechanism>PLAIN</mechanism></mechanisms></stream:features>`;
       default:
-        return postAuthFeatures(this.#link!.features);
+        return postAuthFeatures(this.#upstreamFeatures!);
     }
   }
 
@@ -175,7 +186,7 @@ export class ClientStream extends EventEmitter {
         // RFC 6120 §6.4.2: nothing but the SASL exchange until it ends.
         return this.fail(new StreamError('not-authorized', 'SASL negotiation in progress'));
       case 'authenticated':
-        if (el.name === 'iq' && el.attrs.type === 'set' && el.getChild('bind', NS.bind)) return this.#bind(el);
+        if (el.name === 'iq' && el.attrs.type === 'set' && el.getChild('bind', NS.bind)) return void this.#bind(el);
         if (el.is('resume', NS.sm)) return this.#deps.resume(this, el);
         if (el.is('enable', NS.sm)) {
           // XEP-0198 §3: enable only after binding.
@@ -208,20 +219,24 @@ export class ClientStream extends EventEmitter {
     const cred = parsePlain(el.getText(), this.#domain!);
     if (!cred) return this.#saslFailure('malformed-request');
     this.#state = 'authenticating';
+    const bareJid = `${cred.username}@${this.#domain}`;
     try {
-      const link = await this.#deps.login({ username: cred.username, password: cred.password }, this.#domain!);
-      if (this.#stream.closed) return link.close();
-      this.#link = link;
-      this.bareJid = `${cred.username}@${this.#domain}`;
-      link.once('close', (reason: string) => {
-        if (this.#state !== 'established') this.fail(new StreamError('remote-connection-failed', `upstream: ${reason}`));
-      });
+      // A returning client (most often about to resume) needs no new upstream login.
+      const cachedFeatures = await this.#deps.verifyCached(cred, bareJid);
+      if (cachedFeatures) {
+        this.#upstreamFeatures = cachedFeatures;
+        this.#pendingCred = cred;
+      } else {
+        this.#adoptLink(await this.#deps.login(cred, this.#domain!));
+      }
+      if (this.#stream.closed) return this.#link?.close();
+      this.bareJid = bareJid;
       this.#state = 'authenticated';
       this.#stream.write(`<success xmlns='${NS.sasl}'/>`);
       this.#stream.restart();
       this.#headerSent = false;
       this.log = this.log.child({ account: this.bareJid });
-      this.log.info('authenticated upstream');
+      this.log.info(cachedFeatures ? 'authenticated against a live session' : 'authenticated upstream');
     } catch (err) {
       this.#state = 'sasl';
       if (err instanceof SaslFailure) {
@@ -241,9 +256,29 @@ export class ClientStream extends EventEmitter {
     }
   }
 
-  #bind(iq: Element): void {
-    const link = this.#link!;
+  #adoptLink(link: UpstreamLink): void {
+    this.#link = link;
+    this.#upstreamFeatures = link.features;
+    link.once('close', (reason: string) => {
+      if (this.#state !== 'established') this.fail(new StreamError('remote-connection-failed', `upstream: ${reason}`));
+    });
+  }
+
+  async #bind(iq: Element): Promise<void> {
     this.#state = 'binding';
+    if (!this.#link) {
+      // Verified against a live session, but binding a new resource needs its own login.
+      try {
+        this.#adoptLink(await this.#deps.login(this.#pendingCred!, this.#domain!));
+      } catch (err) {
+        this.log.warn(`upstream login for bind failed: ${(err as Error).message}`);
+        return this.fail(new StreamError(err instanceof SaslFailure ? 'not-authorized' : 'remote-connection-failed', 'the upstream login failed'));
+      } finally {
+        this.#pendingCred = undefined;
+      }
+      if (this.#stream.closed) return this.#link!.close();
+    }
+    const link = this.#link!;
     const id = (this.#bindId = iq.attrs.id ?? newId());
     iq.attrs.id = id;
     const onReply = (el: Element): void => {

@@ -3,9 +3,10 @@ import { parse, type Element } from 'ltx';
 import type { Logger } from 'pino';
 import type { ClientStream } from '../c2s/client-stream.ts';
 import type { UpstreamLink } from '../upstream/link.ts';
+import { verifyPassword } from '../upstream/sasl.ts';
 import { StreamManagement, type SmOptions } from '../sm/stream-management.ts';
 import type { SessionRegistry } from '../sm/registry.ts';
-import { parseH } from '../sm/counter.ts';
+import { diffH, parseH } from '../sm/counter.ts';
 import { NS, isStanzaName } from '../xml/stream-header.ts';
 import { StreamError } from '../xml/stream-error.ts';
 import type { HeldMessages } from './held-messages.ts';
@@ -61,6 +62,16 @@ export class Session extends EventEmitter {
     upstream.on('element', (el: Element) => this.#fromUpstream(el));
     upstream.once('close', (reason: string) => this.#onUpstreamClose(reason));
     this.#attach(client);
+  }
+
+  /** The upstream's post-authentication stream features (offered again to resuming clients). */
+  get upstreamFeatures(): Element {
+    return this.#upstream.features;
+  }
+
+  /** True when `password` matches the credential this session logged in with (constant time). */
+  verifyPassword(password: string): Promise<boolean> {
+    return verifyPassword(this.#upstream.credential, password);
   }
 
   /** True while a client stream is attached. */
@@ -187,7 +198,14 @@ export class Session extends EventEmitter {
       return false;
     }
     if (!this.sm.ackOnResume(h)) {
-      client.write(failed('undefined-condition', this.sm.inbound, `<handled-count-too-high xmlns='${NS.sm}' h='${h}' send-count='${this.sm.queue.sent}'/>`));
+      // As mod_smacks: an h that cannot be right leaves no consistent state to resume, so the
+      // session ends (its queue settled) after <failed h/> and a stream error.
+      const tooHigh = diffH(h, this.sm.queue.acked) < 2 ** 31;
+      const app = tooHigh ? `<handled-count-too-high xmlns='${NS.sm}' h='${h}' send-count='${this.sm.queue.sent}'/>` : '';
+      client.write(failed('undefined-condition', this.sm.inbound, app));
+      const text = tooHigh ? 'client acknowledged more stanzas than were sent' : 'client acknowledged fewer stanzas than it already had';
+      client.fail(new StreamError('undefined-condition', text, app || undefined));
+      this.end(`resume with an impossible h (${text})`);
       return false;
     }
     const old = this.#client;

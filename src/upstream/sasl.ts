@@ -1,4 +1,4 @@
-import { pbkdf2, timingSafeEqual } from 'node:crypto';
+import { createHmac, pbkdf2, timingSafeEqual } from 'node:crypto';
 import { promisify } from 'node:util';
 import ScramSha1 from 'sasl-scram-sha-1';
 
@@ -17,7 +17,7 @@ export interface PlainCredential {
 
 /** The in-memory credential for a later re-login without the client. */
 export type CachedCredential =
-  | { mechanism: 'SCRAM-SHA-1'; username: string; salt: Uint8Array; clientKey: Uint8Array; serverKey: Uint8Array }
+  | { mechanism: 'SCRAM-SHA-1'; username: string; salt: Uint8Array; iterations: number; clientKey: Uint8Array; serverKey: Uint8Array }
   | { mechanism: 'PLAIN'; username: string; password: string };
 
 /** Mechanisms the proxy can use upstream, best first. */
@@ -86,12 +86,34 @@ export function startExchange(mechanism: UpstreamMechanism, cred: PlainCredentia
         throw new Error('upstream SCRAM server signature did not verify');
       }
       const cache = mech.cache;
-      return { mechanism: 'SCRAM-SHA-1', username: cred.username, salt: cache.salt, clientKey: cache.clientKey, serverKey: cache.serverKey };
+      return {
+        mechanism: 'SCRAM-SHA-1',
+        username: cred.username,
+        salt: cache.salt,
+        iterations: mech._iterationCount!,
+        clientKey: cache.clientKey,
+        serverKey: cache.serverKey,
+      };
     },
   };
 }
 
 const pbkdf2Async = promisify(pbkdf2);
+
+/**
+ * True when `password` is the one behind `cached` (RFC 5802: the same ClientKey for that salt
+ * and iteration count; for PLAIN the same password). Constant-time comparison.
+ */
+export async function verifyPassword(cached: CachedCredential, password: string): Promise<boolean> {
+  if (cached.mechanism === 'PLAIN') {
+    const a = Buffer.from(cached.password);
+    const b = Buffer.from(password);
+    return a.length === b.length && timingSafeEqual(a, b);
+  }
+  const salted = await pbkdf2Async(password, cached.salt, cached.iterations, 20, 'sha1');
+  const clientKey = createHmac('sha1', salted).update('Client Key').digest();
+  return sameBytes(clientKey, cached.clientKey);
+}
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b);

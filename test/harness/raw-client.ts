@@ -20,6 +20,8 @@ const HEADER = (domain: string): string =>
   `<?xml version='1.0'?><stream:stream to='${domain}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>`;
 
 export class RawClient {
+  /** Default wait for an expected element (ms); tests under heavy load may raise it. */
+  static timeoutMs = 10_000;
   socket: net.Socket;
   readonly domain: string;
   /** Every top-level element received, in order. */
@@ -105,7 +107,7 @@ export class RawClient {
   }
 
   /** The next element (not yet consumed by an earlier next()) matching `pred`. */
-  next(pred: (el: Element) => boolean = () => true, timeoutMs = 10_000): Promise<Element> {
+  next(pred: (el: Element) => boolean = () => true, timeoutMs = RawClient.timeoutMs): Promise<Element> {
     for (let i = this.#seen; i < this.received.length; i++) {
       const el = this.received[i]!;
       if (pred(el)) {
@@ -126,7 +128,7 @@ export class RawClient {
   }
 
   /** Waits for a `<stream:error/>` and returns its condition name. */
-  async streamError(timeoutMs = 10_000): Promise<string> {
+  async streamError(timeoutMs = RawClient.timeoutMs): Promise<string> {
     const el = await this.next((e) => e.name === 'stream:error', timeoutMs);
     return el.children.filter((c): c is Element => typeof c !== 'string' && c.name !== 'text')[0]?.name ?? '';
   }
