@@ -47,7 +47,7 @@ export class StreamManagement extends EventEmitter {
    * that keeps acking too little cannot start an ack loop (mod_smacks' last_requested_h).
    */
   #lastRequestedAt = -1;
-  /** `<r/>` received in the current flood window. */
+  /** `<r/>` received since the last client stanza, within the current flood window. */
   #requests = 0;
   #requestWindowStart = 0;
 
@@ -75,6 +75,7 @@ export class StreamManagement extends EventEmitter {
   /** Counts a stanza received from the client (XEP-0198 §4: message, presence, iq). */
   countInbound(): void {
     if (this.enabled) this.inbound = addH(this.inbound, 1);
+    this.#requests = 0;
   }
 
   /**
@@ -176,7 +177,10 @@ export class StreamManagement extends EventEmitter {
     this.#scheduleRequest();
   }
 
-  /** More than 100 `<r/>` in 10 s is a flood (no honest client needs more than one per ack). */
+  /**
+   * More than 100 `<r/>` within 10 s with no stanza between them is a flood: an honest client
+   * asks after sending (however often), or now and then to probe the link.
+   */
   #checkFlood(): void {
     const now = Date.now();
     if (now - this.#requestWindowStart > 10_000) {

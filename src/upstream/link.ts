@@ -111,7 +111,7 @@ export class UpstreamLink extends EventEmitter {
   static async open(options: UpstreamOptions, credential: PlainCredential | CachedCredential): Promise<UpstreamLink> {
     const socket = net.connect({ host: options.host, port: options.port });
     socket.setNoDelay(true);
-    const stream = new XmlStream(socket, options.limits);
+    const stream = new XmlStream(socket, options.limits, 'fast');
     const reader = new Reader(stream);
     const timer = setTimeout(() => reader.abort(new UpstreamError(`upstream negotiation timed out after ${options.timeoutMs} ms`)), options.timeoutMs);
     try {

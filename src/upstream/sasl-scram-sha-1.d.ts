@@ -15,3 +15,4 @@ declare module 'sasl-scram-sha-1' {
   }
   export default Mechanism;
 }
+

@@ -22,14 +22,28 @@ export class XmlStream extends EventEmitter {
   #socket: Socket;
   #parser!: StreamParser;
   readonly #limits: StreamLimits;
+  readonly #backend: 'strict' | 'fast';
+  /** Output of this event-loop turn, written as one chunk (one TLS record, one syscall). */
+  #out = '';
+  #flushScheduled = false;
+  readonly #flush = (): void => {
+    this.#flushScheduled = false;
+    const out = this.#out;
+    this.#out = '';
+    if (out !== '' && !this.#closed) this.#socket.write(out);
+  };
   #closed = false;
   #ending = false;
   #onData = (chunk: string): void => this.#parser.write(chunk);
 
-  /** @param socket A connected socket; the stream takes ownership. */
-  constructor(socket: Socket, limits: StreamLimits) {
+  /**
+   * @param socket A connected socket; the stream takes ownership.
+   * @param backend `strict` for untrusted peers (clients), `fast` for the upstream server.
+   */
+  constructor(socket: Socket, limits: StreamLimits, backend: 'strict' | 'fast' = 'strict') {
     super();
     this.#limits = limits;
+    this.#backend = backend;
     this.#socket = socket;
     this.restart();
     this.#attach(socket);
@@ -47,7 +61,7 @@ export class XmlStream extends EventEmitter {
 
   /** Starts a new parser: the next input is a new stream header (RFC 6120 §4.3.3). */
   restart(): void {
-    const parser = new StreamParser(this.#limits);
+    const parser = new StreamParser(this.#limits, this.#backend);
     parser.on('start', (attrs) => this.emit('start', attrs));
     parser.on('element', (el: Element) => this.emit('element', el));
     parser.on('end', () => this.emit('end'));
@@ -55,16 +69,23 @@ export class XmlStream extends EventEmitter {
     this.#parser = parser;
   }
 
-  /** Writes serialized XML; ignored once closed. */
+  /**
+   * Writes serialized XML; ignored once closed. Writes of one event-loop turn are coalesced
+   * (setImmediate) into one socket write.
+   */
   write(xml: string): void {
     if (this.#closed || this.#ending) return;
-    this.#socket.write(xml);
+    this.#out += xml;
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      setImmediate(this.#flush);
+    }
   }
 
   /** Sends a stream error then closes the stream (RFC 6120 §4.9.1.1). */
   fail(err: StreamError): void {
     if (this.#closed || this.#ending) return;
-    this.#socket.write(err.toXML());
+    this.#out += err.toXML();
     this.end();
   }
 
@@ -72,7 +93,9 @@ export class XmlStream extends EventEmitter {
   end(): void {
     if (this.#closed || this.#ending) return;
     this.#ending = true;
-    this.#socket.end(STREAM_CLOSE);
+    const out = this.#out + STREAM_CLOSE;
+    this.#out = '';
+    this.#socket.end(out);
     // A peer that never answers our close must not hold the socket forever.
     setTimeout(() => this.destroy(), 5000).unref();
   }
@@ -87,6 +110,7 @@ export class XmlStream extends EventEmitter {
    * once the handshake is done; rejects on a handshake failure (the socket is then destroyed).
    */
   upgradeServer(context: tls.SecureContext): Promise<void> {
+    this.#flushNow();
     return this.#upgrade(
       (raw) => new tls.TLSSocket(raw, { isServer: true, secureContext: context }),
       'secure',
@@ -98,7 +122,14 @@ export class XmlStream extends EventEmitter {
    * certificate is verified by `options` (servername, ca, rejectUnauthorized).
    */
   upgradeClient(options: tls.ConnectionOptions): Promise<void> {
+    this.#flushNow();
     return this.#upgrade((raw) => tls.connect({ ...options, socket: raw }), 'secureConnect');
+  }
+
+  /** `<proceed/>`/`<starttls/>` must be on the wire, in clear, before the socket changes. */
+  #flushNow(): void {
+    if (this.#out !== '') this.#socket.write(this.#out);
+    this.#out = '';
   }
 
   #upgrade(wrap: (raw: Socket) => tls.TLSSocket, readyEvent: string): Promise<void> {

@@ -125,6 +125,16 @@ t.test('<r/> and <a/> before enable are unsupported-stanza-type (as mod_smacks)'
   t.equal(err.condition, 'unsupported-stanza-type');
 });
 
+t.test('a client asking after every stanza is no flood', async (t) => {
+  const { sm } = setup();
+  sm.enable();
+  for (let i = 0; i < 1000; i++) {
+    sm.countInbound();
+    sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
+  }
+  t.equal(sm.inbound, 1000);
+});
+
 t.test('a flood of <r/> is a policy-violation', async (t) => {
   const { sm, written } = setup();
   sm.enable();
