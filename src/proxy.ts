@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import * as tls from 'node:tls';
-import type { Element } from 'ltx';
+import type { TopLevel } from './xml/top-level.ts';
 import type { Logger } from 'pino';
 import type { Config } from './config/config.ts';
 import { loadTlsCredentials } from './tls/certificates.ts';
@@ -87,7 +87,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       });
       session.log.info('session started');
     },
-    resume(client: ClientStream, el: Element) {
+    resume(client: ClientStream, el: TopLevel) {
       const id = String(el.attrs.previd ?? '');
       const session = registry.get(id, client.bareJid!);
       if (!session) {

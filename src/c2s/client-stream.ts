@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type * as tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import type { Element } from 'ltx';
+import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
 import { XmlStream } from '../xml/xml-stream.ts';
 import { StreamError } from '../xml/stream-error.ts';
@@ -32,7 +33,7 @@ export interface ClientStreamDeps {
   /** The upstream bound a resource: create the session (design §4.1.4). */
   bound(client: ClientStream, link: UpstreamLink, fullJid: string): void;
   /** `<resume/>` after SASL (XEP-0198 §5); the handler answers on `client`. */
-  resume(client: ClientStream, el: Element): void;
+  resume(client: ClientStream, el: TopLevel): void;
 }
 
 type State = 'pre-tls' | 'sasl' | 'authenticating' | 'authenticated' | 'binding' | 'established' | 'closed';
@@ -46,7 +47,7 @@ const MAX_AUTH_ATTEMPTS = 3;
  * and resource binding (relayed) or resumption. After that, a session owns it.
  *
  * Events:
- * - `element` (el: Element): a top-level element after negotiation (for the session).
+ * - `element` (el: TopLevel): a top-level element after negotiation (for the session).
  * - `end` (): the client closed its stream cleanly (`</stream:stream>`).
  * - `close` (): the connection is gone (with or without a clean close before).
  */
@@ -77,7 +78,7 @@ export class ClientStream extends EventEmitter {
     socket.setNoDelay(true);
     this.#stream = new XmlStream(socket, deps.limits);
     this.#stream.on('start', (attrs: Record<string, string>) => this.#onHeader(attrs));
-    this.#stream.on('element', (el: Element) => this.#onElement(el));
+    this.#stream.on('element', (el: TopLevel) => this.#onElement(el));
     this.#stream.on('streamError', (err: StreamError) => this.fail(err));
     this.#stream.on('end', () => {
       this.emit('end');
@@ -166,7 +167,7 @@ export class ClientStream extends EventEmitter {
     }
   }
 
-  #onElement(el: Element): void {
+  #onElement(el: TopLevel): void {
     switch (this.#state) {
       case 'established':
         this.emit('element', el);
@@ -186,7 +187,7 @@ export class ClientStream extends EventEmitter {
         // RFC 6120 §6.4.2: nothing but the SASL exchange until it ends.
         return this.fail(new StreamError('not-authorized', 'SASL negotiation in progress'));
       case 'authenticated':
-        if (el.name === 'iq' && el.attrs.type === 'set' && el.getChild('bind', NS.bind)) return void this.#bind(el);
+        if (el.name === 'iq' && el.attrs.type === 'set' && el.element().getChild('bind', NS.bind)) return void this.#bind(el.element());
         if (el.is('resume', NS.sm)) return this.#deps.resume(this, el);
         if (el.is('enable', NS.sm)) {
           // XEP-0198 §3: enable only after binding.
@@ -212,11 +213,11 @@ export class ClientStream extends EventEmitter {
     }
   }
 
-  async #authenticate(el: Element): Promise<void> {
+  async #authenticate(el: TopLevel): Promise<void> {
     if (el.attrs.mechanism !== 'PLAIN') {
       return this.#saslFailure('invalid-mechanism');
     }
-    const cred = parsePlain(el.getText(), this.#domain!);
+    const cred = parsePlain(el.element().getText(), this.#domain!);
     if (!cred) return this.#saslFailure('malformed-request');
     this.#state = 'authenticating';
     const bareJid = `${cred.username}@${this.#domain}`;
@@ -281,18 +282,18 @@ export class ClientStream extends EventEmitter {
     const link = this.#link!;
     const id = (this.#bindId = iq.attrs.id ?? newId());
     iq.attrs.id = id;
-    const onReply = (el: Element): void => {
+    const onReply = (el: TopLevel): void => {
       if (el.name !== 'iq' || el.attrs.id !== id || (el.attrs.type !== 'result' && el.attrs.type !== 'error')) return;
       link.off('element', onReply);
       if (this.#stream.closed) return;
-      const jid = el.getChild('bind', NS.bind)?.getChildText('jid');
+      const jid = el.element().getChild('bind', NS.bind)?.getChildText('jid');
       if (el.attrs.type === 'result' && jid) {
-        this.#stream.write(el.toString());
+        this.#stream.write(el.raw);
         this.#deps.bound(this, link, jid);
       } else {
         // Relay the server's refusal (conflict, not-allowed…) and let the client try again.
         this.#state = 'authenticated';
-        this.#stream.write(el.toString());
+        this.#stream.write(el.raw);
       }
     };
     link.on('element', onReply);

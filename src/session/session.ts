@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { parse, type Element } from 'ltx';
+import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
 import type { ClientStream } from '../c2s/client-stream.ts';
 import type { UpstreamLink } from '../upstream/link.ts';
@@ -59,7 +60,7 @@ export class Session extends EventEmitter {
     this.sm.on('overflow', () => this.#onOverflow());
     this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
     this.#upstream = upstream;
-    upstream.on('element', (el: Element) => this.#fromUpstream(el));
+    upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
     upstream.once('close', (reason: string) => this.#onUpstreamClose(reason));
     this.#attach(client);
   }
@@ -81,19 +82,19 @@ export class Session extends EventEmitter {
 
   // ---- the per-stanza path -------------------------------------------------------------------
 
-  #fromClient(el: Element): void {
+  #fromClient(el: TopLevel): void {
     if (isStanzaName(el.name)) {
       this.sm.countInbound();
-      this.#upstream.send(el.toString());
+      this.#upstream.send(el.raw);
       if (!this.#available && el.name === 'presence' && !el.attrs.to && !el.attrs.type) this.#onInitialPresence();
       return;
     }
     if (el.attrs.xmlns === NS.sm) return this.#smFromClient(el);
     // Other nonzas (CSI, …) are the server's business.
-    this.#upstream.send(el.toString());
+    this.#upstream.send(el.raw);
   }
 
-  #fromUpstream(el: Element): void {
+  #fromUpstream(el: TopLevel): void {
     if (!isStanzaName(el.name)) return; // upstream nonzas are for the proxy's link, never the client
     if (this.#ended) return this.#settleLate(el);
     if (this.#client === undefined && el.name === 'iq' && this.#isServerPing(el)) {
@@ -101,13 +102,14 @@ export class Session extends EventEmitter {
       this.#upstream.send(`<iq type='result' id='${escapeAttr(el.attrs.id)}' to='${escapeAttr(el.attrs.from ?? this.#domain)}'/>`);
       return;
     }
-    this.sm.send(el.toString(), Date.now());
+    this.sm.send(el.raw, Date.now());
   }
 
   /** An XEP-0199 ping from the server itself (its domain, or no `from`). */
-  #isServerPing(el: Element): boolean {
+  #isServerPing(el: TopLevel): boolean {
     const from = el.attrs.from;
-    return el.attrs.type === 'get' && (from === undefined || from === this.#domain) && el.getChild('ping', NS.ping) !== undefined;
+    return el.attrs.type === 'get' && (from === undefined || from === this.#domain) &&
+      el.raw.includes(NS.ping) && el.element().getChild('ping', NS.ping) !== undefined;
   }
 
   get #domain(): string {
@@ -131,7 +133,7 @@ export class Session extends EventEmitter {
 
   // ---- XEP-0198 negotiation on the live stream ----------------------------------------------
 
-  #smFromClient(el: Element): void {
+  #smFromClient(el: TopLevel): void {
     const client = this.#client!;
     try {
       if (this.sm.handleNonza(el)) return;
@@ -160,7 +162,7 @@ export class Session extends EventEmitter {
     this.#client = client;
     client.establish();
     let cleanEnd = false;
-    client.on('element', (el: Element) => this.#fromClient(el));
+    client.on('element', (el: TopLevel) => this.#fromClient(el));
     client.on('end', () => {
       cleanEnd = true;
     });
@@ -187,7 +189,7 @@ export class Session extends EventEmitter {
    * still attached (it gets a `conflict` stream error). Returns false after answering
    * `<failed/>` (the client stream stays unbound and may bind instead).
    */
-  resume(client: ClientStream, el: Element): boolean {
+  resume(client: ClientStream, el: TopLevel): boolean {
     const h = parseH(el.attrs.h);
     if (h === undefined) {
       client.write(failed('bad-request'));
@@ -262,8 +264,8 @@ export class Session extends EventEmitter {
   }
 
   /** A stanza the server sent after the session ended: hold it when it is a chat message. */
-  #settleLate(el: Element): void {
-    const stanza = { xml: el.toString(), receivedAt: Date.now() };
+  #settleLate(el: TopLevel): void {
+    const stanza = { xml: el.raw, receivedAt: Date.now() };
     const outcome = settle(stanza, this.bareJid, this.#deps.isLastSession(this));
     if (outcome.action === 'hold') this.#deps.held.hold(this.bareJid, stanza);
   }

@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import type { Element } from 'ltx';
 import { addH, parseH } from './counter.ts';
 import { OutboundQueue, type QueuedStanza } from './outbound-queue.ts';
 import { NS } from '../xml/stream-header.ts';
@@ -106,7 +105,7 @@ export class StreamManagement extends EventEmitter {
    * Handles an SM nonza from the client (`<r/>`, `<a/>`). Returns false for elements that are
    * not its business. Throws StreamError for an ack of stanzas never sent (XEP-0198 §4).
    */
-  handleNonza(el: Element): boolean {
+  handleNonza(el: { name: string; attrs: Readonly<Record<string, string | undefined>> }): boolean {
     if (el.attrs.xmlns !== NS.sm || (el.name !== 'r' && el.name !== 'a')) return false;
     // Like mod_smacks: acks on a stream without SM are stanzas of an unknown kind.
     if (!this.enabled) throw new StreamError('unsupported-stanza-type', `<${el.name}/> before <enable/>`);

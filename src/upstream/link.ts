@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { Element } from 'ltx';
+import type { TopLevel } from '../xml/top-level.ts';
 import { XmlStream } from '../xml/xml-stream.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
@@ -51,7 +52,7 @@ export class UpstreamError extends Error {
  * stream; resource binding and everything after it are relayed by the session.
  *
  * Events:
- * - `element` (el: Element): a top-level element from the server.
+ * - `element` (el: TopLevel): a top-level element from the server.
  * - `close` (reason: string): the link is gone (server closed, network loss, stream error).
  */
 export class UpstreamLink extends EventEmitter {
@@ -78,7 +79,7 @@ export class UpstreamLink extends EventEmitter {
     this.features = features;
     this.credential = credential;
     this.secure = secure;
-    stream.on('element', (el: Element) => this.#onElement(el));
+    stream.on('element', (el: TopLevel) => this.#onElement(el));
     stream.on('streamError', (err: Error) => {
       this.#closeReason = `upstream sent bad XML: ${err.message}`;
       stream.destroy();
@@ -111,7 +112,7 @@ export class UpstreamLink extends EventEmitter {
   static async open(options: UpstreamOptions, credential: PlainCredential | CachedCredential): Promise<UpstreamLink> {
     const socket = net.connect({ host: options.host, port: options.port });
     socket.setNoDelay(true);
-    const stream = new XmlStream(socket, options.limits, 'fast');
+    const stream = new XmlStream(socket, options.limits);
     const reader = new Reader(stream);
     const timer = setTimeout(() => reader.abort(new UpstreamError(`upstream negotiation timed out after ${options.timeoutMs} ms`)), options.timeoutMs);
     try {
@@ -232,13 +233,13 @@ export class UpstreamLink extends EventEmitter {
     this.#stream.destroy();
   }
 
-  #onElement(el: Element): void {
+  #onElement(el: TopLevel): void {
     if (el.name === 'iq' && this.#ownIqs.size > 0 && (el.attrs.type === 'result' || el.attrs.type === 'error')) {
       const settle = this.#ownIqs.get(el.attrs.id);
       if (settle) return settle(true);
     }
     if (el.name === 'stream:error') {
-      const condition = el.getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';
+      const condition = el.element().getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';
       this.#closeReason = `upstream stream error: ${condition}`;
       this.#stream.end();
       return;
@@ -254,7 +255,8 @@ class Reader {
   #error: Error | undefined;
   #paused = false;
   readonly #stream: XmlStream;
-  readonly #onElement = (el: Element): void => {
+  readonly #onElement = (top: TopLevel): void => {
+    const el = top.element(); // negotiation looks inside everything
     if (this.#waiter) {
       const w = this.#waiter;
       this.#waiter = undefined;

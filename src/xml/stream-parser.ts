@@ -1,9 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { SaxesParser } from 'saxes';
-import { Element } from 'ltx';
-// ltx's own SAX parser (what xmpp.js uses): lenient but about twice as fast as saxes.
-import LtxSax from 'ltx/src/parsers/ltx.js';
 import { StreamError } from './stream-error.ts';
+import { TopLevel } from './top-level.ts';
 
 /**
  * Installs saxes handlers with named property stores. saxes' `on()` stores them with computed
@@ -12,14 +10,12 @@ import { StreamError } from './stream-error.ts';
  * 2.9 µs per message stanza). The names are saxes 6's (pinned in package.json).
  */
 function setHandlers(sax: SaxesParser<{}>, h: {
-  openTagHandler: unknown; closeTagHandler: unknown; textHandler: unknown; cdataHandler: unknown;
+  openTagHandler: unknown; closeTagHandler: unknown;
   errorHandler: unknown; doctypeHandler: unknown; commentHandler: unknown; piHandler: unknown;
 }): void {
   const target = sax as unknown as typeof h;
   target.openTagHandler = h.openTagHandler;
   target.closeTagHandler = h.closeTagHandler;
-  target.textHandler = h.textHandler;
-  target.cdataHandler = h.cdataHandler;
   target.errorHandler = h.errorHandler;
   target.doctypeHandler = h.doctypeHandler;
   target.commentHandler = h.commentHandler;
@@ -28,24 +24,22 @@ function setHandlers(sax: SaxesParser<{}>, h: {
 
 /** Limits applied to every stream (client and upstream). */
 export interface StreamLimits {
-  /** Largest top-level element, in characters of XML received (approximate to one read chunk). */
+  /** Largest top-level element, in characters of XML received. */
   maxStanzaBytes: number;
   /** Deepest nesting inside a top-level element (the stanza itself is depth 1). */
   maxDepth: number;
 }
 
 /**
- * Frames an XMPP stream (RFC 6120 §4) into its header and top-level elements, building ltx
- * Elements. Two backends:
- * - `strict` (client streams, untrusted): saxes, a conforming non-validating XML parser, so
- *   every well-formedness error and RFC 6120 §11 restriction becomes a stream error.
- * - `fast` (the upstream server's stream, trusted to be well-formed): ltx's SAX parser, which
- *   skips text with indexOf instead of checking every character. Mismatched tags and bad
- *   entities are still caught; the size and depth limits still apply.
+ * Frames an XMPP stream (RFC 6120 §4) into its header and top-level elements, on saxes (a
+ * conforming, non-validating XML parser): every well-formedness error and every RFC 6120 §11
+ * restriction becomes a stream error. The elements come out as {@link TopLevel}: name,
+ * attributes and the exact text received, cut out of the input by saxes' stream positions,
+ * so no tree is built for what is only relayed.
  *
  * Events:
  * - `start` (attrs: Record<string, string>): the `<stream:stream>` header.
- * - `element` (el: Element): one complete top-level element (stanza or nonza), without parent.
+ * - `element` (el: TopLevel): one complete top-level element (stanza or nonza).
  * - `end` (): the peer closed its stream with `</stream:stream>`.
  * - `error` (err: StreamError): the input broke RFC 6120 §11 or a limit; the condition says which.
  *   No event follows an error.
@@ -53,44 +47,30 @@ export interface StreamLimits {
  * A stream restart (after STARTTLS or SASL, RFC 6120 §4.3.3) needs a new parser.
  */
 export class StreamParser extends EventEmitter {
-  readonly #sax: SaxesParser<{}> | undefined;
-  readonly #fast: { write(chunk: string): void } | undefined;
-  /** Open element names (fast backend only: saxes checks nesting itself). */
-  readonly #names: string[] = [];
+  readonly #sax: SaxesParser<{}>;
   readonly #limits: StreamLimits;
-  /** Element being built (depth ≥ 1) or undefined between stanzas. */
-  #current: Element | undefined;
   #depth = 0;
-  /** Characters written so far, and the stream position where the last top-level element ended. */
-  #written = 0;
+  /** Name and attributes of the top-level element being read. */
+  #name = '';
+  #attrs: Record<string, string> = {};
+  /** Input not yet consumed, and the stream position of its first character. */
+  #buf = '';
+  #bufStart = 0;
+  /** Stream position where the last top-level element (or the header) ended. */
   #boundary = 0;
   #failed = false;
 
-  constructor(limits: StreamLimits, backend: 'strict' | 'fast' = 'strict') {
+  constructor(limits: StreamLimits) {
     super();
     this.#limits = limits;
-    if (backend === 'fast') {
-      const fast = new LtxSax();
-      fast.on('startElement', (name: string, attrs: Record<string, string>) => {
-        this.#names.push(name);
-        this.#onOpen(name, attrs);
-      });
-      fast.on('endElement', (name: string) => {
-        if (this.#names.pop() !== name) return this.#fail('not-well-formed', `mismatched </${name}>`);
-        this.#onClose();
-      });
-      fast.on('text', (text: string) => this.#onText(text));
-      this.#fast = fast;
-      return;
-    }
-    // `position` costs ~10 % of parse time and gives exact stanza sizes for the limit.
+    // `position` (in UTF-16 units, like string indexes) locates each element in the input.
     const sax = new SaxesParser({ xmlns: false, position: true });
     this.#sax = sax;
     setHandlers(sax, {
       openTagHandler: (tag: { name: string; attributes: Record<string, string> }) => this.#onOpen(tag.name, tag.attributes),
       closeTagHandler: () => this.#onClose(),
-      textHandler: (text: string) => this.#onText(text),
-      cdataHandler: (text: string) => this.#onText(text),
+      // No text handler: saxes then checks text without accumulating it (text between
+      // stanzas is checked on the raw slice instead).
       errorHandler: (err: Error) => this.#fail('not-well-formed', err.message),
       // RFC 6120 §11.1: no comments, processing instructions, DTDs or entity declarations.
       doctypeHandler: () => this.#fail('restricted-xml', 'DTD in stream'),
@@ -105,83 +85,62 @@ export class StreamParser extends EventEmitter {
    */
   write(chunk: string): void {
     if (this.#failed) return;
-    this.#written += chunk.length;
+    this.#buf += chunk;
     try {
-      if (this.#fast) {
-        this.#fast.write(chunk);
-        // No positions here: measure from the last chunk that ended between stanzas.
-        if (this.#depth <= 1) this.#boundary = this.#written;
-      } else this.#sax!.write(chunk);
+      this.#sax.write(chunk);
     } catch (err) {
       this.#fail('not-well-formed', (err as Error).message);
       return;
     }
-    if (this.#fast) {
-      if (this.#written - this.#boundary > this.#limits.maxStanzaBytes) this.#tooLarge();
-      return;
-    }
+    if (this.#failed) return;
     // saxes only judges an entity reference at its ';', so `a & b` would sit unreported until a
     // later ';' arrives: judge a pending reference as soon as it cannot be one.
-    const entity = (this.#sax as unknown as { entity?: string } | undefined)?.entity;
+    const entity = (this.#sax as unknown as { entity: string }).entity;
     if (entity && !/^#?[\w.:-]{0,32}$/.test(entity)) {
       this.#fail('not-well-formed', 'unescaped & in text or attribute');
       return;
     }
+    // Drop what is consumed; keep the start of an unfinished element.
+    if (this.#boundary > this.#bufStart) {
+      this.#buf = this.#buf.slice(this.#boundary - this.#bufStart);
+      this.#bufStart = this.#boundary;
+    }
     // An unfinished element (or an open tag) already over the limit.
-    if (this.#written - this.#boundary > this.#limits.maxStanzaBytes) this.#tooLarge();
+    if (this.#buf.length > this.#limits.maxStanzaBytes) this.#tooLarge();
   }
 
   #onOpen(name: string, attrs: Record<string, string>): void {
     if (this.#failed) return;
     const depth = ++this.#depth;
-    if (depth === 1) {
-      if (name !== 'stream:stream') {
-        this.#fail('invalid-namespace', `expected <stream:stream>, got <${name}>`);
-        return;
-      }
+    if (depth === 2) {
+      this.#name = name;
+      this.#attrs = attrs;
+    } else if (depth === 1) {
+      if (name !== 'stream:stream') return this.#fail('invalid-namespace', `expected <stream:stream>, got <${name}>`);
+      this.#boundary = this.#sax.position;
       this.emit('start', attrs);
-      if (this.#sax) this.#boundary = this.#sax.position;
-      return;
-    }
-    if (depth - 1 > this.#limits.maxDepth) {
+    } else if (depth - 1 > this.#limits.maxDepth) {
       this.#fail('policy-violation', `elements nested deeper than ${this.#limits.maxDepth}`);
-      return;
     }
-    const el = new Element(name, attrs);
-    if (this.#current) this.#current.cnode(el);
-    this.#current = el;
   }
 
   #onClose(): void {
     if (this.#failed) return;
     const depth = this.#depth--;
-    if (depth === 1) {
-      this.emit('end');
-      return;
-    }
-    const el = this.#current;
-    if (!el) return;
-    const parent = el.parent ?? undefined;
     if (depth === 2) {
-      this.#current = undefined;
-      if (this.#sax) {
-        const end = this.#sax.position;
-        if (end - this.#boundary > this.#limits.maxStanzaBytes) return this.#tooLarge();
-        this.#boundary = end;
+      const end = this.#sax.position;
+      let raw = this.#buf.slice(this.#boundary - this.#bufStart, end - this.#bufStart);
+      this.#boundary = end;
+      const lt = raw.indexOf('<');
+      if (lt > 0) {
+        // Only whitespace (keepalives) may sit between top-level elements.
+        if (raw.slice(0, lt).trim() !== '') return this.#fail('not-well-formed', 'text between stanzas');
+        raw = raw.slice(lt);
       }
-      this.emit('element', el);
-    } else {
-      this.#current = parent as Element;
-    }
-  }
-
-  #onText(text: string): void {
-    if (this.#failed) return;
-    if (this.#current) {
-      this.#current.t(text);
-    } else if (this.#depth === 1 && text.trim() !== '') {
-      // Only whitespace (keepalives) may sit between top-level elements.
-      this.#fail('not-well-formed', 'text between stanzas');
+      if (raw.length > this.#limits.maxStanzaBytes) return this.#tooLarge();
+      this.emit('element', new TopLevel(this.#name, this.#attrs, raw));
+    } else if (depth === 1) {
+      this.emit('end');
     }
   }
 
@@ -192,7 +151,7 @@ export class StreamParser extends EventEmitter {
   #fail(condition: 'not-well-formed' | 'restricted-xml' | 'policy-violation' | 'invalid-namespace', text: string): void {
     if (this.#failed) return;
     this.#failed = true;
-    this.#current = undefined;
+    this.#buf = '';
     this.emit('error', new StreamError(condition, text));
   }
 }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import * as tls from 'node:tls';
-import type { Element } from 'ltx';
+import type { TopLevel } from './top-level.ts';
 import { StreamParser, type StreamLimits } from './stream-parser.ts';
 import { StreamError } from './stream-error.ts';
 import { STREAM_CLOSE } from './stream-header.ts';
@@ -12,7 +12,7 @@ import { STREAM_CLOSE } from './stream-header.ts';
  *
  * Events:
  * - `start` (attrs): the peer's stream header.
- * - `element` (el: Element): a top-level element.
+ * - `element` (el: TopLevel): a top-level element.
  * - `end` (): the peer sent `</stream:stream>`.
  * - `streamError` (err: StreamError): the peer's input broke the rules; the owner decides
  *   whether to answer it (usually `fail(err)`).
@@ -22,7 +22,6 @@ export class XmlStream extends EventEmitter {
   #socket: Socket;
   #parser!: StreamParser;
   readonly #limits: StreamLimits;
-  readonly #backend: 'strict' | 'fast';
   /** Output of this event-loop turn, written as one chunk (one TLS record, one syscall). */
   #out = '';
   #flushScheduled = false;
@@ -36,14 +35,10 @@ export class XmlStream extends EventEmitter {
   #ending = false;
   #onData = (chunk: string): void => this.#parser.write(chunk);
 
-  /**
-   * @param socket A connected socket; the stream takes ownership.
-   * @param backend `strict` for untrusted peers (clients), `fast` for the upstream server.
-   */
-  constructor(socket: Socket, limits: StreamLimits, backend: 'strict' | 'fast' = 'strict') {
+  /** @param socket A connected socket; the stream takes ownership. */
+  constructor(socket: Socket, limits: StreamLimits) {
     super();
     this.#limits = limits;
-    this.#backend = backend;
     this.#socket = socket;
     this.restart();
     this.#attach(socket);
@@ -61,9 +56,9 @@ export class XmlStream extends EventEmitter {
 
   /** Starts a new parser: the next input is a new stream header (RFC 6120 §4.3.3). */
   restart(): void {
-    const parser = new StreamParser(this.#limits, this.#backend);
+    const parser = new StreamParser(this.#limits);
     parser.on('start', (attrs) => this.emit('start', attrs));
-    parser.on('element', (el: Element) => this.emit('element', el));
+    parser.on('element', (el: TopLevel) => this.emit('element', el));
     parser.on('end', () => this.emit('end'));
     parser.on('error', (err: StreamError) => this.emit('streamError', err));
     this.#parser = parser;

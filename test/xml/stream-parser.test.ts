@@ -1,5 +1,5 @@
 import t from 'tap';
-import type { Element } from 'ltx';
+import type { TopLevel } from '../../src/xml/top-level.ts';
 import { StreamParser } from '../../src/xml/stream-parser.ts';
 import type { StreamError } from '../../src/xml/stream-error.ts';
 
@@ -7,7 +7,7 @@ const HEADER = `<?xml version='1.0'?><stream:stream to='a.test' version='1.0' xm
 
 function run(chunks: string[], limits = { maxStanzaBytes: 1024, maxDepth: 4 }) {
   const p = new StreamParser(limits);
-  const out = { header: undefined as Record<string, string> | undefined, elements: [] as Element[], error: undefined as StreamError | undefined, ended: false };
+  const out = { header: undefined as Record<string, string> | undefined, elements: [] as TopLevel[], error: undefined as StreamError | undefined, ended: false };
   p.on('start', (a) => (out.header = a));
   p.on('element', (el) => out.elements.push(el));
   p.on('error', (e) => (out.error = e));
@@ -20,9 +20,12 @@ t.test('frames header, stanzas split across chunks, whitespace keepalives, close
   const r = run([HEADER.slice(0, 30), HEADER.slice(30), `<message to='b'><bo`, `dy>h&amp;i é</body></message> \n `, `<r xmlns='urn:xmpp:sm:3'/></stream:stream>`]);
   t.equal(r.header?.to, 'a.test');
   t.equal(r.elements.length, 2);
-  t.equal(r.elements[0]!.getChildText('body'), 'h&i é');
-  t.equal(r.elements[0]!.parent, null, 'top-level elements have no parent');
+  t.equal(r.elements[0]!.element().getChildText('body'), 'h&i é');
+  t.equal(r.elements[0]!.raw, `<message to='b'><body>h&amp;i é</body></message>`, 'the exact text received, keepalive whitespace cut');
+  t.equal(r.elements[0]!.name, 'message');
+  t.same(r.elements[0]!.attrs, { to: 'b' });
   t.equal(r.elements[1]!.attrs.xmlns, 'urn:xmpp:sm:3');
+  t.equal(r.elements[1]!.raw, `<r xmlns='urn:xmpp:sm:3'/>`);
   t.ok(r.ended);
   t.equal(r.error, undefined);
 });
@@ -64,4 +67,18 @@ t.test('many stanzas in one stream do not add up to the size limit', async (t) =
 t.test('the root must be stream:stream', async (t) => {
   const r = run([`<foo>`]);
   t.equal(r.error?.condition, 'invalid-namespace');
+});
+
+t.test('raw text is cut by UTF-16 positions: astral characters and CDATA survive intact', async (t) => {
+  const stanza = `<message><body>😀 emoji ✓ <![CDATA[<not a tag>]]></body><x xmlns='y'>ü</x></message>`;
+  const r = run([HEADER, stanza.slice(0, 20), stanza.slice(20), `<message/>`]);
+  t.equal(r.error, undefined);
+  t.equal(r.elements[0]!.raw, stanza);
+  t.equal(r.elements[1]!.raw, '<message/>');
+  t.match(r.elements[0]!.element().getChildText('body'), /😀 emoji/);
+});
+
+t.test('text before a stanza is caught on its raw slice', async (t) => {
+  const r = run([HEADER, ` \n hello <message/>`]);
+  t.equal(r.error?.condition, 'not-well-formed');
 });
