@@ -1,18 +1,8 @@
 import t, { type Test } from 'tap';
-import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, waitFor } from '../harness/proxy.ts';
+import { startProsodyAndProxy, waitFor } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
 
-const prosody = await startProsody({
-  tls: 'required',
-  accounts: [
-    { user: 'alice', password: 'alice-pw' },
-    { user: 'bob', password: 'bob-pw' },
-  ],
-});
-t.teardown(() => prosody.stop());
-const tp = await startTestProxy(prosody, { limits: { maxStanzaBytes: 16 * 1024, maxDepth: 8 } });
-t.teardown(() => tp.close());
+const { tp } = await startProsodyAndProxy(t, {}, { limits: { maxStanzaBytes: 16 * 1024, maxDepth: 8 } });
 
 // A bystander session that every misbehaving client must leave undisturbed.
 const bystander = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'bystander' });

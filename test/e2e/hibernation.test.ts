@@ -3,15 +3,12 @@ import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
 import type { Element } from 'ltx';
 import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, waitFor } from '../harness/proxy.ts';
+import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
 import type { Session } from '../../src/session/session.ts';
 import type { TestProxy } from '../harness/proxy.ts';
 
-const accounts = [
-  { user: 'alice', password: 'alice-pw' },
-  { user: 'bob', password: 'bob-pw' },
-];
+const accounts = ACCOUNTS;
 
 function sessionOf(tp: TestProxy, fullJid: string): Session | undefined {
   return [...tp.proxy.sessions].find((s) => s.fullJid === fullJid);

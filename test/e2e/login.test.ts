@@ -1,21 +1,10 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { xml } from '@xmpp/client';
-import type { Element } from 'ltx';
-import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, clientFor, waitFor } from '../harness/proxy.ts';
+import { startProsodyAndProxy, clientFor, waitFor, bodiesOf } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
 
-const prosody = await startProsody({
-  tls: 'required',
-  accounts: [
-    { user: 'alice', password: 'alice-pw' },
-    { user: 'bob', password: 'bob-pw' },
-  ],
-});
-t.teardown(() => prosody.stop());
-const tp = await startTestProxy(prosody);
-t.teardown(() => tp.close());
+const { prosody, tp } = await startProsodyAndProxy(t);
 
 /** Established TCP connections from the proxy to Prosody's c2s port (seen by the kernel). */
 function upstreamConnections(): number {
@@ -23,20 +12,11 @@ function upstreamConnections(): number {
   return out.split('\n').filter((l) => l.trim() !== '').length;
 }
 
-function collect(client: { on(ev: string, cb: (s: Element) => void): void }): string[] {
-  const bodies: string[] = [];
-  client.on('stanza', (s: Element) => {
-    const body = s.is('message') ? s.getChildText('body') : null;
-    if (body !== null) bodies.push(body);
-  });
-  return bodies;
-}
-
 t.test('two users log in (STARTTLS and direct TLS) and chat through the proxy', async (t) => {
   const alice = clientFor(tp, 'alice', 'alice-pw', { resource: 'laptop' });
   const bob = clientFor(tp, 'bob', 'bob-pw', { resource: 'phone', direct: true });
-  const aliceGot = collect(alice);
-  const bobGot = collect(bob);
+  const aliceGot = bodiesOf(alice);
+  const bobGot = bodiesOf(bob);
   const aliceJid = await alice.start();
   const bobJid = await bob.start();
   t.equal(aliceJid.toString(), 'alice@proxy.test/laptop', 'bound full JID relayed from the upstream');

@@ -1,40 +1,20 @@
 import t from 'tap';
 import { xml } from '@xmpp/client';
-import type { Element } from 'ltx';
-import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, clientFor, waitFor } from '../harness/proxy.ts';
+import { startProsodyAndProxy, clientFor, waitFor, bodiesOf } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
 import type { Session } from '../../src/session/session.ts';
 
-const prosody = await startProsody({
-  tls: 'required',
-  accounts: [
-    { user: 'alice', password: 'alice-pw' },
-    { user: 'bob', password: 'bob-pw' },
-  ],
-});
-t.teardown(() => prosody.stop());
-const tp = await startTestProxy(prosody);
-t.teardown(() => tp.close());
+const { tp } = await startProsodyAndProxy(t);
 
 function sessionOf(fullJid: string): Session | undefined {
   return [...tp.proxy.sessions].find((s) => s.fullJid === fullJid);
 }
 
-function bodies(client: { on(ev: string, cb: (s: Element) => void): void }): string[] {
-  const got: string[] = [];
-  client.on('stanza', (s: Element) => {
-    const body = s.is('message') ? s.getChildText('body') : null;
-    if (body !== null) got.push(body);
-  });
-  return got;
-}
-
 t.test('@xmpp/client: lost socket, 50 messages while hibernated, resume gets each once in order', async (t) => {
   const alice = clientFor(tp, 'alice', 'alice-pw', { resource: 'phone' });
   const bob = clientFor(tp, 'bob', 'bob-pw', { resource: 'desk' });
-  const aliceGot = bodies(alice);
-  const bobGot = bodies(bob);
+  const aliceGot = bodiesOf(alice);
+  const bobGot = bodiesOf(bob);
   await alice.start();
   await bob.start();
   await waitFor(() => sessionOf('alice@proxy.test/phone')?.sm.enabled === true, 'alice has SM enabled');

@@ -12,8 +12,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { xml } from '@xmpp/client';
 import type { Element } from 'ltx';
-import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, clientFor, waitFor } from '../harness/proxy.ts';
+import { startProsodyAndProxy, clientFor, waitFor } from '../harness/proxy.ts';
 import type { Session } from '../../src/session/session.ts';
 
 const PYTHON = '/usr/bin/python3';
@@ -29,16 +28,7 @@ if (probe.error || probe.status !== 0) {
 }
 const slixmppVersion = probe.stdout.trim();
 
-const prosody = await startProsody({
-  tls: 'required',
-  accounts: [
-    { user: 'alice', password: 'alice-pw' },
-    { user: 'bob', password: 'bob-pw' },
-  ],
-});
-t.teardown(() => prosody.stop());
-const tp = await startTestProxy(prosody);
-t.teardown(() => tp.close());
+const { tp } = await startProsodyAndProxy(t);
 
 type PyEvent = { event: string; [k: string]: unknown };
 

@@ -2,13 +2,10 @@ import t from 'tap';
 import { xml } from '@xmpp/client';
 import type { Element } from 'ltx';
 import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, clientFor, waitFor } from '../harness/proxy.ts';
+import { startTestProxy, clientFor, waitFor, ACCOUNTS } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
 
-const accounts = [
-  { user: 'alice', password: 'alice-pw' },
-  { user: 'bob', password: 'bob-pw' },
-];
+const accounts = ACCOUNTS;
 
 t.test('upstream STARTTLS with an untrusted self-signed certificate is refused unless allowed', async (t) => {
   const prosody = await startProsody({ tls: 'required', accounts });

@@ -6,7 +6,8 @@ import pino from 'pino';
 import { client as xmppClient } from '@xmpp/client';
 import { startProxy, type Proxy } from '../../src/proxy.ts';
 import { DEFAULTS, type Config } from '../../src/config/config.ts';
-import type { ProsodyInstance } from './prosody.ts';
+import type { Element } from 'ltx';
+import { startProsody, type ProsodyInstance, type ProsodyOptions } from './prosody.ts';
 
 // The proxy serves a self-signed certificate; clients under test accept it.
 process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
@@ -66,4 +67,36 @@ export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_
     if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** The two accounts most end-to-end tests use. */
+export const ACCOUNTS = [
+  { user: 'alice', password: 'alice-pw' },
+  { user: 'bob', password: 'bob-pw' },
+];
+
+/**
+ * A Prosody (STARTTLS required, like Openfire) with {@link ACCOUNTS} and the proxy in front,
+ * both stopped at the end of test `t`.
+ */
+export async function startProsodyAndProxy(
+  t: { teardown(fn: () => unknown): void },
+  prosodyOptions: ProsodyOptions = {},
+  overrides: DeepPartial<Config> = {},
+): Promise<{ prosody: ProsodyInstance; tp: TestProxy }> {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, ...prosodyOptions });
+  t.teardown(() => prosody.stop());
+  const tp = await startTestProxy(prosody, overrides);
+  t.teardown(() => tp.close());
+  return { prosody, tp };
+}
+
+/** Message bodies an @xmpp/client receives, in order (a live array). */
+export function bodiesOf(client: { on(ev: 'stanza', cb: (s: Element) => void): void }): string[] {
+  const got: string[] = [];
+  client.on('stanza', (s) => {
+    const body = s.is('message') ? s.getChildText('body') : null;
+    if (body !== null) got.push(body);
+  });
+  return got;
 }
