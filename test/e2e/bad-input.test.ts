@@ -17,9 +17,7 @@ async function bystanderStillWorks(t: Test): Promise<void> {
 
 /** A client at the post-TLS, pre-auth stage. */
 async function tlsClient(): Promise<RawClient> {
-  const c = await RawClient.connect({ port: tp.port });
-  await c.open();
-  await c.starttls();
+  const c = await RawClient.tls({ port: tp.port });
   return c;
 }
 

@@ -68,11 +68,7 @@ async function enable(c: RawClient): Promise<string> {
 /** A new connection that authenticates and sends `<resume/>`; returns it and the answer. */
 async function resume(target: Target, user: string, id: string, h: number, timeoutMs = 30_000) {
   const password = accounts.find((a) => a.user === user)!.password;
-  const c = await RawClient.connect({ port: target.port });
-  await c.open();
-  await c.starttls();
-  await c.auth(user, password);
-  await c.open();
+  const c = await RawClient.authenticated({ port: target.port, user, password });
   c.send(`<resume xmlns='urn:xmpp:sm:3' previd='${id}' h='${h}'/>`);
   // Long enough for 200 simultaneous resumes on a loaded machine; Prosody's silence (below) is
   // still told apart because it never answers at all.

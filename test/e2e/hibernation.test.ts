@@ -23,11 +23,7 @@ async function aliceWithSm(tp: TestProxy, resource: string) {
 }
 
 async function resumeAttempt(tp: TestProxy, id: string): Promise<Element> {
-  const c = await RawClient.connect({ port: tp.port });
-  await c.open();
-  await c.starttls();
-  await c.auth('alice', 'alice-pw');
-  await c.open();
+  const c = await RawClient.authenticated({ port: tp.port, user: 'alice', password: 'alice-pw' });
   c.send(`<resume xmlns='urn:xmpp:sm:3' previd='${id}' h='0'/>`);
   const answer = await c.next((el) => el.name === 'failed' || el.name === 'resumed');
   c.destroy();
@@ -170,11 +166,7 @@ t.test('a second resume of the same id takes over: the older stream gets conflic
   t.teardown(() => tp.close());
   const alice = await aliceWithSm(tp, 'phone');
   // The first stream is still open (the proxy has not noticed any drop).
-  const c = await RawClient.connect({ port: tp.port });
-  await c.open();
-  await c.starttls();
-  await c.auth('alice', 'alice-pw');
-  await c.open();
+  const c = await RawClient.authenticated({ port: tp.port, user: 'alice', password: 'alice-pw' });
   c.send(`<resume xmlns='urn:xmpp:sm:3' previd='${alice.id}' h='0'/>`);
   t.equal((await c.next((el) => el.name === 'resumed' || el.name === 'failed')).name, 'resumed');
   t.equal(await alice.client.streamError(), 'conflict', 'old stream closed with conflict');

@@ -63,9 +63,7 @@ t.test("resuming with another account's id fails and leaves the victim's session
   const session = sessionOf('alice@proxy.test/victim')!;
 
   // Bob (correct password for bob) tries alice's id.
-  const attacker = await RawClient.connect({ port: tp.port });
-  await attacker.open();
-  await attacker.starttls();
+  const attacker = await RawClient.tls({ port: tp.port });
   t.equal((await attacker.auth('bob', 'bob-pw')).name, 'success');
   await attacker.open();
   attacker.send(`<resume xmlns='urn:xmpp:sm:3' previd='${victimId}' h='0'/>`);
@@ -77,9 +75,7 @@ t.test("resuming with another account's id fails and leaves the victim's session
   t.equal(await attacker.bind('x'), 'bob@proxy.test/x');
 
   // Wrong password with the right account's id: SASL fails before any resume is possible.
-  const guesser = await RawClient.connect({ port: tp.port });
-  await guesser.open();
-  await guesser.starttls();
+  const guesser = await RawClient.tls({ port: tp.port });
   t.equal((await guesser.auth('alice', 'not-her-password')).name, 'failure');
   guesser.send(`<resume xmlns='urn:xmpp:sm:3' previd='${victimId}' h='0'/>`);
   const refused = await guesser.next((el) => el.name === 'failed' || el.name === 'resumed');
@@ -95,11 +91,7 @@ t.test("resuming with another account's id fails and leaves the victim's session
   t.equal(sessionOf('alice@proxy.test/victim'), session);
 
   // Unknown ids fail the same way.
-  const other = await RawClient.connect({ port: tp.port });
-  await other.open();
-  await other.starttls();
-  await other.auth('alice', 'alice-pw');
-  await other.open();
+  const other = await RawClient.authenticated({ port: tp.port, user: 'alice', password: 'alice-pw' });
   other.send(`<resume xmlns='urn:xmpp:sm:3' previd='no-such-session' h='0'/>`);
   const unknown = await other.next((el) => el.name === 'failed');
   t.equal(unknown.getChildElements()[0]?.name, 'item-not-found');
@@ -124,11 +116,7 @@ t.test('raw client: resume re-sends exactly the unacked stanzas with delay stamp
   b.client.send(`<message to='alice@proxy.test/raw' type='chat'><body>6</body></message>`);
   await waitFor(() => session.sm.queue.length === 3, 'message 6 queued while hibernated');
 
-  const again = await RawClient.connect({ port: tp.port });
-  await again.open();
-  await again.starttls();
-  await again.auth('alice', 'alice-pw');
-  await again.open();
+  const again = await RawClient.authenticated({ port: tp.port, user: 'alice', password: 'alice-pw' });
   again.send(`<resume xmlns='urn:xmpp:sm:3' previd='${id}' h='4'/>`);
   const resumed = await again.next((el) => el.name === 'resumed');
   t.equal(resumed.attrs.previd, id);

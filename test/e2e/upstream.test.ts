@@ -12,9 +12,7 @@ t.test('upstream STARTTLS with an untrusted self-signed certificate is refused u
   t.teardown(() => prosody.stop());
   const strict = await startTestProxy(prosody, { upstream: { caFile: undefined } });
   t.teardown(() => strict.close());
-  const c = await RawClient.connect({ port: strict.port });
-  await c.open();
-  await c.starttls();
+  const c = await RawClient.tls({ port: strict.port });
   const answer = await c.auth('alice', 'alice-pw');
   t.equal(answer.getChildElements()[0]?.name, 'temporary-auth-failure', 'an unverifiable upstream is not a wrong password');
   c.destroy();
@@ -36,9 +34,7 @@ t.test('plain TCP upstream (tls none) works, and tls required refuses it', async
 
   const required = await startTestProxy(prosody, { upstream: { tls: 'required' } });
   t.teardown(() => required.close());
-  const c = await RawClient.connect({ port: required.port });
-  await c.open();
-  await c.starttls();
+  const c = await RawClient.tls({ port: required.port });
   t.equal((await c.auth('bob', 'bob-pw')).getChildElements()[0]?.name, 'temporary-auth-failure');
   c.destroy();
 });
@@ -48,9 +44,7 @@ t.test("an upstream with its own SM: the client sees only the proxy's SM", async
   t.teardown(() => prosody.stop());
   const tp = await startTestProxy(prosody);
   t.teardown(() => tp.close());
-  const c = await RawClient.connect({ port: tp.port });
-  await c.open();
-  await c.starttls();
+  const c = await RawClient.tls({ port: tp.port });
   await c.auth('alice', 'alice-pw');
   const features = await c.open();
   const sm = features.getChildElements().filter((f) => String(f.attrs.xmlns).startsWith('urn:xmpp:sm:'));

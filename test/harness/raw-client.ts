@@ -53,14 +53,26 @@ export class RawClient {
     return new RawClient(socket, domain);
   }
 
-  /** Connects, STARTTLS (unless direct), SASL PLAIN and bind. Returns the bound full JID. */
-  static async login(opts: RawClientOptions & { user: string; password: string; resource?: string }): Promise<{ client: RawClient; jid: string }> {
-    const client = await RawClient.connect(opts);
-    await client.open();
-    if (!opts.direct) await client.starttls();
+  /** Connects (STARTTLS unless direct) up to the stream after SASL success: ready to bind or resume. */
+  static async authenticated(opts: RawClientOptions & { user: string; password: string }): Promise<RawClient> {
+    const client = await RawClient.tls(opts);
     const answer = await client.auth(opts.user, opts.password);
     if (answer.name !== 'success') throw new Error(`login failed: ${answer.toString()}`);
     await client.open();
+    return client;
+  }
+
+  /** Connects and opens the stream, on TLS (STARTTLS unless direct): ready for SASL. */
+  static async tls(opts: RawClientOptions): Promise<RawClient> {
+    const client = await RawClient.connect(opts);
+    await client.open();
+    if (!opts.direct) await client.starttls();
+    return client;
+  }
+
+  /** Connects, STARTTLS (unless direct), SASL PLAIN and bind. Returns the bound full JID. */
+  static async login(opts: RawClientOptions & { user: string; password: string; resource?: string }): Promise<{ client: RawClient; jid: string }> {
+    const client = await RawClient.authenticated(opts);
     const jid = await client.bind(opts.resource ?? 'raw');
     return { client, jid };
   }
