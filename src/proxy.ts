@@ -8,6 +8,7 @@ import { loadTlsCredentials } from './tls/certificates.ts';
 import { listenC2s } from './c2s/listener.ts';
 import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
 import { UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
+import { LoginLimiter } from './upstream/login-limiter.ts';
 import { SessionRegistry } from './sm/registry.ts';
 import { Session, failed, type SessionDeps } from './session/session.ts';
 import { HeldMessages } from './session/held-messages.ts';
@@ -36,6 +37,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
 
   const registry = new SessionRegistry<Session>(config.sm.maxOldSessions);
   const sessions = new Set<Session>();
+  const logins = new LoginLimiter(config.upstream.maxConcurrentLogins);
   /** Live sessions per bare JID (for the last-session rule of design §4.3). */
   const byAccount = new Map<string, Set<Session>>();
   const clients = new Set<ClientStream>();
@@ -59,6 +61,16 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     sm: config.sm,
     hibernationSeconds: config.sm.hibernationSeconds,
     held: new HeldMessages(config.sm.maxHeldMessages),
+    upstream: {
+      open: (credential, domain) => UpstreamLink.open(upstreamOptions(domain), credential),
+      throttle: (task) => logins.run(task),
+      reconnect: {
+        initialDelayMs: config.upstream.reconnectDelayMs,
+        maxDelayMs: config.upstream.reconnectMaxDelaySeconds * 1000,
+        giveUpMs: config.upstream.reconnectGiveUpSeconds * 1000,
+        requestTimeoutMs: config.upstream.pingTimeoutSeconds * 1000,
+      },
+    },
     isLastSession: (session) => (byAccount.get(session.bareJid)?.size ?? 0) <= 1,
     log,
   };
@@ -97,7 +109,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
         client.log.info('resume failed: unknown session');
         return;
       }
-      if (session.resume(client, el)) client.closeSpareLink();
+      void session.resume(client, el).then((ok) => ok && client.closeSpareLink());
     },
   };
 

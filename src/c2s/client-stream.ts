@@ -124,6 +124,9 @@ export class ClientStream extends EventEmitter {
   /** The session has taken over: elements now go to `element` listeners. */
   establish(): void {
     this.#state = 'established';
+    // The session owns the link now; a listener left here would keep this stream (socket,
+    // parser, logger: ~12 KB) alive for as long as the session hibernates.
+    this.#link?.off('close', this.#onLinkClose);
   }
 
   /** After a resume the upstream link opened for this login is not needed: close it. */
@@ -260,10 +263,13 @@ export class ClientStream extends EventEmitter {
   #adoptLink(link: UpstreamLink): void {
     this.#link = link;
     this.#upstreamFeatures = link.features;
-    link.once('close', (reason: string) => {
-      if (this.#state !== 'established') this.fail(new StreamError('remote-connection-failed', `upstream: ${reason}`));
-    });
+    link.once('close', this.#onLinkClose);
   }
+
+  /** Before binding, the link is this stream's: losing it ends the stream. */
+  readonly #onLinkClose = (reason: string): void => {
+    if (this.#state !== 'established') this.fail(new StreamError('remote-connection-failed', `upstream: ${reason}`));
+  };
 
   async #bind(iq: Element): Promise<void> {
     this.#state = 'binding';

@@ -36,8 +36,16 @@ export interface Config {
      * server-side idle disconnect (Openfire's) never ends a session, hibernated ones included.
      */
     keepaliveSeconds: number;
-    /** A ping unanswered for this long means the link is dead (seconds). */
+    /** A ping (keepalive or custody barrier) unanswered for this long means the link is dead (seconds). */
     pingTimeoutSeconds: number;
+    /** First reconnect after a lost link after about this long (ms, ±50 % jitter); doubles per failure. */
+    reconnectDelayMs: number;
+    /** Longest wait between reconnect tries (seconds). */
+    reconnectMaxDelaySeconds: number;
+    /** A link down this long ends its sessions (seconds); a refused login ends them at once. */
+    reconnectGiveUpSeconds: number;
+    /** Upstream logins in flight at once, proxy-wide (spreads the reconnects after an outage). */
+    maxConcurrentLogins: number;
   };
   listen: {
     /** STARTTLS listeners (RFC 6120 §5); empty disables. Default 0.0.0.0:5222. */
@@ -92,6 +100,10 @@ export const DEFAULTS: Config = {
     connectTimeoutSeconds: 10,
     keepaliveSeconds: 60,
     pingTimeoutSeconds: 30,
+    reconnectDelayMs: 500,
+    reconnectMaxDelaySeconds: 30,
+    reconnectGiveUpSeconds: 300,
+    maxConcurrentLogins: 16,
   },
   listen: {
     starttls: [{ host: '0.0.0.0', port: 5222 }],

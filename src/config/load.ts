@@ -226,6 +226,10 @@ const SCHEMA: Schema<Config> = {
     connectTimeoutSeconds: seconds(1),
     keepaliveSeconds: seconds(1),
     pingTimeoutSeconds: seconds(1),
+    reconnectDelayMs: atLeast(1),
+    reconnectMaxDelaySeconds: seconds(1),
+    reconnectGiveUpSeconds: seconds(1),
+    maxConcurrentLogins: atLeast(1),
   },
   listen: {
     starttls: listenList,

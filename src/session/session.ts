@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { ClientStream } from '../c2s/client-stream.ts';
 import type { UpstreamLink } from '../upstream/link.ts';
 import { verifyPassword } from '../upstream/sasl.ts';
+import { Upstream, type UpstreamDeps } from '../upstream/upstream.ts';
 import { StreamManagement, type SmOptions } from '../sm/stream-management.ts';
 import type { SessionRegistry } from '../sm/registry.ts';
 import { diffH, parseH } from '../sm/counter.ts';
@@ -23,6 +24,8 @@ export interface SessionDeps {
   held: HeldMessages;
   /** True when `session` is the only live session of its account at the proxy. */
   isLastSession(session: Session): boolean;
+  /** For the session's upstream side: re-login, throttle, reconnect policy. */
+  upstream: Omit<UpstreamDeps, 'log'>;
   log: Logger;
 }
 
@@ -42,7 +45,7 @@ export class Session extends EventEmitter {
   readonly sm: StreamManagement;
   log: Logger;
   #client: ClientStream | undefined;
-  #upstream: UpstreamLink;
+  readonly #upstream: Upstream;
   #resumeId: string | undefined;
   #hibernationTimer: NodeJS.Timeout | undefined;
   #ended = false;
@@ -59,15 +62,22 @@ export class Session extends EventEmitter {
     this.sm = new StreamManagement(deps.sm);
     this.sm.on('overflow', () => this.#onOverflow());
     this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
-    this.#upstream = upstream;
-    upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
-    upstream.once('close', (reason: string) => this.#onUpstreamClose(reason));
+    this.#upstream = new Upstream({ ...deps.upstream, log: this.log }, upstream, fullJid);
+    this.#upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
+    this.#upstream.on('confirmed', (counted: number) => this.sm.confirm(counted));
+    this.#upstream.on('down', (reason: string) => this.log.warn(`upstream link lost (${reason}): reconnecting`));
+    this.#upstream.on('failed', (reason: string, refused: boolean) => this.#onUpstreamFailed(reason, refused));
     this.#attach(client);
   }
 
   /** The upstream's post-authentication stream features (offered again to resuming clients). */
   get upstreamFeatures(): Element {
     return this.#upstream.features;
+  }
+
+  /** True while the session's upstream link is up (false while it reconnects). */
+  get upstreamLinked(): boolean {
+    return this.#upstream.linked;
   }
 
   /** True when `password` matches the credential this session logged in with (constant time). */
@@ -85,13 +95,13 @@ export class Session extends EventEmitter {
   #fromClient(el: TopLevel): void {
     if (isStanzaName(el.name)) {
       this.sm.countInbound();
-      this.#upstream.send(el.raw);
+      this.#upstream.sendStanza(el);
       if (!this.#available && el.name === 'presence' && !el.attrs.to && !el.attrs.type) this.#onInitialPresence();
       return;
     }
     if (el.attrs.xmlns === NS.sm) return this.#smFromClient(el);
     // Other nonzas (CSI, …) are the server's business.
-    this.#upstream.send(el.raw);
+    this.#upstream.sendNonza(el);
   }
 
   #fromUpstream(el: TopLevel): void {
@@ -99,7 +109,7 @@ export class Session extends EventEmitter {
     if (this.#ended) return this.#settleLate(el);
     if (this.#client === undefined && el.name === 'iq' && this.#isServerPing(el)) {
       // Design §4.3: answer the server's liveness checks for a hibernated client.
-      this.#upstream.send(`<iq type='result' id='${escapeAttr(el.attrs.id)}' to='${escapeAttr(el.attrs.from ?? this.#domain)}'/>`);
+      this.#upstream.sendOwn(`<iq type='result' id='${escapeAttr(el.attrs.id)}' to='${escapeAttr(el.attrs.from ?? this.#domain)}'/>`);
       return;
     }
     this.sm.send(el.raw, Date.now());
@@ -143,6 +153,7 @@ export class Session extends EventEmitter {
     if (el.name === 'enable') {
       if (this.sm.enabled) return client.write(failed('unexpected-request'));
       this.sm.enable();
+      this.#upstream.custody.startCounting();
       const resume = el.attrs.resume === 'true' || el.attrs.resume === '1';
       if (resume) {
         this.#resumeId = this.#deps.registry.add(this);
@@ -189,7 +200,7 @@ export class Session extends EventEmitter {
    * still attached (it gets a `conflict` stream error). Returns false after answering
    * `<failed/>` (the client stream stays unbound and may bind instead).
    */
-  resume(client: ClientStream, el: TopLevel): boolean {
+  async resume(client: ClientStream, el: TopLevel): Promise<boolean> {
     const h = parseH(el.attrs.h);
     if (h === undefined) {
       client.write(failed('bad-request'));
@@ -213,10 +224,19 @@ export class Session extends EventEmitter {
     const old = this.#client;
     if (old) {
       this.#client = undefined;
+      this.sm.attach(undefined);
       old.fail(new StreamError('conflict', 'replaced by a resumed stream'));
     }
     clearTimeout(this.#hibernationTimer);
     this.#hibernationTimer = undefined;
+    // The h in <resumed/> must cover every stanza already relayed, or the client sends them
+    // again: wait for the server to confirm them. Without a link, the proxy lets go of what
+    // was never confirmed and the client re-sends it (custody rule, design §4.2).
+    if (!this.#upstream.linked || !(await this.#upstream.custody.settled())) {
+      this.#upstream.custody.release();
+      this.sm.forgetUnconfirmed();
+    }
+    if (this.#ended || client.closed) return false;
     client.write(`<resumed xmlns='${NS.sm}' previd='${this.#resumeId}' h='${this.sm.inbound}'/>`);
     this.#attach(client);
     const stanzas = this.sm.unacked();
@@ -229,10 +249,13 @@ export class Session extends EventEmitter {
 
   // ---- the end ------------------------------------------------------------------------------
 
-  #onUpstreamClose(reason: string): void {
+  #onUpstreamFailed(reason: string, refused: boolean): void {
     if (this.#ended) return;
-    this.log.warn(`upstream link lost: ${reason}`);
-    this.#client?.fail(new StreamError('remote-connection-failed', 'the upstream server closed the session'));
+    this.#client?.fail(
+      refused
+        ? new StreamError('not-authorized', 'the server no longer accepts this account\'s credentials')
+        : new StreamError('remote-connection-failed', 'the server has been unreachable for too long'),
+    );
     this.end(`upstream: ${reason}`);
   }
 
@@ -254,9 +277,9 @@ export class Session extends EventEmitter {
       const outcome = settle(stanza, this.bareJid, last);
       counts[outcome.action]++;
       if (outcome.action === 'hold') this.#deps.held.hold(this.bareJid, stanza);
-      else if (outcome.action === 'bounce') this.#upstream.send(outcome.reply);
+      else if (outcome.action === 'bounce') this.#upstream.sendOwn(outcome.reply);
     }
-    if (!this.#upstream.closed) this.#upstream.close(`<presence type='unavailable'/>`);
+    this.#upstream.close(`<presence type='unavailable'/>`);
     this.#client?.end();
     this.sm.close();
     this.log.info({ unacked: counts }, `session ended: ${reason}`);

@@ -23,8 +23,15 @@ export interface SmOptions {
 export class StreamManagement extends EventEmitter {
   /** True after `<enabled/>` was sent. */
   enabled = false;
-  /** Client stanzas handled, mod 2^32 (what `<a h/>` reports). */
+  /**
+   * Client stanzas handled, mod 2^32: what `<a h/>` reports. Handled means confirmed by the
+   * server (custody rule, design §4.2), so it trails `received` while a barrier is out.
+   */
   inbound = 0;
+  /** Client stanzas received since enable, mod 2^32. */
+  received = 0;
+  /** An `<a/>` reported less than was received: send another when more is confirmed. */
+  #owedAck = false;
   readonly queue: OutboundQueue;
   /** Queue overflowed: the session is not resumable any more (XEP-0198 §5 resource-constraint). */
   overflowed = false;
@@ -73,8 +80,30 @@ export class StreamManagement extends EventEmitter {
 
   /** Counts a stanza received from the client (XEP-0198 §4: message, presence, iq). */
   countInbound(): void {
-    if (this.enabled) this.inbound = addH(this.inbound, 1);
+    if (this.enabled) this.received = addH(this.received, 1);
     this.#requests = 0;
+  }
+
+  /**
+   * `n` more counted client stanzas reached the server: `h` grows, and a client that was told
+   * a lower `h` than it sent gets an unrequested `<a/>` (XEP-0198 §4 allows one at any time).
+   */
+  confirm(n: number): void {
+    if (!this.enabled || n === 0) return;
+    this.inbound = addH(this.inbound, n);
+    if (this.#owedAck && this.#write) {
+      this.#write(`<a xmlns='${NS.sm}' h='${this.inbound}'/>`);
+      this.#owedAck = this.inbound !== this.received;
+    }
+  }
+
+  /**
+   * After a resume the stanzas received but never confirmed are forgotten (the client re-sends
+   * them): `received` falls back to `inbound`.
+   */
+  forgetUnconfirmed(): void {
+    this.received = this.inbound;
+    this.#owedAck = false;
   }
 
   /**
@@ -112,6 +141,7 @@ export class StreamManagement extends EventEmitter {
     if (el.name === 'r') {
       this.#checkFlood();
       this.#write?.(`<a xmlns='${NS.sm}' h='${this.inbound}'/>`);
+      if (this.inbound !== this.received) this.#owedAck = true;
       // mod_smacks piggybacks its own request on the answer when one is due.
       this.#scheduleRequest();
       return true;

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import type { Element } from 'ltx';
+import { escapeXML, type Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
 import { XmlStream } from '../xml/xml-stream.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
@@ -65,8 +65,8 @@ export class UpstreamLink extends EventEmitter {
   readonly #stream: XmlStream;
   readonly #options: UpstreamOptions;
   #closeReason = 'closed';
-  /** The proxy's own iqs to the server (pings) awaiting their answer, by id. */
-  readonly #ownIqs = new Map<string, (ok: boolean) => void>();
+  /** The proxy's own iqs to the server awaiting their answer, by id. */
+  readonly #ownIqs = new Map<string, (answer: TopLevel | undefined) => void>();
   #iqSeq = 0;
   /** Count of writes; the keepalive timer pings when it has not moved for a period. */
   #writes = 0;
@@ -90,7 +90,7 @@ export class UpstreamLink extends EventEmitter {
     });
     stream.once('close', () => {
       clearInterval(this.#keepaliveTimer);
-      for (const settle of this.#ownIqs.values()) settle(false);
+      for (const settle of [...this.#ownIqs.values()]) settle(undefined);
       this.#ownIqs.clear();
       this.emit('close', this.#closeReason);
     });
@@ -190,23 +190,51 @@ export class UpstreamLink extends EventEmitter {
   }
 
   /**
-   * XEP-0199 ping to the server. Resolves true on any answer (a result, or an error such as
-   * service-unavailable: either proves the link alive), false on timeout or a closed link.
-   * The answer is consumed here, never emitted as `element`.
+   * Sends an iq of the proxy's own (`build` gets the id to use) and resolves with the server's
+   * answer (result or error), or undefined on timeout or a closed link. The answer is consumed
+   * here, never emitted as `element`.
    */
-  ping(timeoutMs: number): Promise<boolean> {
-    if (this.closed) return Promise.resolve(false);
-    const id = `proxy-ping-${++this.#iqSeq}`;
+  request(build: (id: string) => string, timeoutMs: number): Promise<TopLevel | undefined> {
+    if (this.closed) return Promise.resolve(undefined);
+    const id = `proxy-${++this.#iqSeq}`;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => settle(false), timeoutMs);
-      const settle = (ok: boolean): void => {
+      const timer = setTimeout(() => settle(undefined), timeoutMs);
+      const settle = (answer: TopLevel | undefined): void => {
         clearTimeout(timer);
         this.#ownIqs.delete(id);
-        resolve(ok);
+        resolve(answer);
       };
       this.#ownIqs.set(id, settle);
-      this.send(`<iq type='get' id='${id}' to='${this.#options.domain}'><ping xmlns='${NS.ping}'/></iq>`);
+      this.send(build(id));
     });
+  }
+
+  /**
+   * XEP-0199 ping to the server. Resolves true on any answer (a result, or an error such as
+   * service-unavailable: either proves the link alive), false on timeout or a closed link.
+   * The server handles a stream's stanzas in order (RFC 6120 §10.1), so an answer also proves
+   * that everything sent before the ping arrived: the custody barrier (design §4.4).
+   */
+  async ping(timeoutMs: number): Promise<boolean> {
+    const to = this.#options.domain;
+    return (await this.request((id) => `<iq type='get' id='${id}' to='${to}'><ping xmlns='${NS.ping}'/></iq>`, timeoutMs)) !== undefined;
+  }
+
+  /**
+   * Binds `resource` (RFC 6120 §7) on a fresh link. Resolves with the full JID the server
+   * bound, or rejects with the server's error condition (e.g. `conflict`) or a timeout.
+   */
+  async bind(resource: string, timeoutMs: number): Promise<string> {
+    const answer = await this.request(
+      (id) => `<iq type='set' id='${id}'><bind xmlns='${NS.bind}'><resource>${escapeXML(resource)}</resource></bind></iq>`,
+      timeoutMs,
+    );
+    if (!answer) throw new UpstreamError('no answer to resource binding');
+    const el = answer.element();
+    const jid = el.getChild('bind', NS.bind)?.getChildText('jid');
+    if (el.attrs.type === 'result' && jid) return jid;
+    const condition = el.getChild('error')?.getChildElements()[0]?.name ?? 'undefined-condition';
+    throw new UpstreamError(`resource binding refused: ${condition}`);
   }
 
   async #keepalive(): Promise<void> {
@@ -236,7 +264,7 @@ export class UpstreamLink extends EventEmitter {
   #onElement(el: TopLevel): void {
     if (el.name === 'iq' && this.#ownIqs.size > 0 && (el.attrs.type === 'result' || el.attrs.type === 'error')) {
       const settle = this.#ownIqs.get(el.attrs.id);
-      if (settle) return settle(true);
+      if (settle) return settle(el);
     }
     if (el.name === 'stream:error') {
       const condition = el.element().getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';

@@ -145,6 +145,10 @@ t.test('every flag maps to its key', async (t) => {
       connectTimeoutSeconds: 10,
       keepaliveSeconds: 60,
       pingTimeoutSeconds: 30,
+      reconnectDelayMs: 500,
+      reconnectMaxDelaySeconds: 30,
+      reconnectGiveUpSeconds: 300,
+      maxConcurrentLogins: 16,
     },
     listen: {
       starttls: [

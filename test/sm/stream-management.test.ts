@@ -36,9 +36,13 @@ t.test('<r/> is answered with the inbound count, wrapping at 2^32', async (t) =>
   const { sm, written } = setup();
   sm.enable();
   sm.inbound = 2 ** 32 - 1;
+  sm.received = 2 ** 32 - 1;
   sm.countInbound();
   sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
-  t.equal(written.at(-1), `<a xmlns='urn:xmpp:sm:3' h='0'/>`);
+  t.equal(written.at(-1), `<a xmlns='urn:xmpp:sm:3' h='${2 ** 32 - 1}'/>`, 'received, not yet confirmed: not counted');
+  sm.confirm(1);
+  t.equal(written.at(-1), `<a xmlns='urn:xmpp:sm:3' h='0'/>`, 'confirmation wraps h and is reported unrequested');
+  t.equal(sm.received, 0);
 });
 
 t.test('stanzas are not counted or queued before enable', async (t) => {
@@ -132,7 +136,7 @@ t.test('a client asking after every stanza is no flood', async (t) => {
     sm.countInbound();
     sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
   }
-  t.equal(sm.inbound, 1000);
+  t.equal(sm.received, 1000);
 });
 
 t.test('a flood of <r/> is a policy-violation', async (t) => {
@@ -168,4 +172,22 @@ t.test('<r/> from the client piggybacks our own request when one is due', async 
   sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
   await tick();
   t.same(written, [`<a xmlns='urn:xmpp:sm:3' h='0'/>`, `<r xmlns='urn:xmpp:sm:3'/>`]);
+});
+
+t.test('custody: <a/> reports confirmed stanzas only; an unrequested <a/> follows only if owed', async (t) => {
+  const { sm, written } = setup();
+  sm.enable();
+  sm.countInbound();
+  sm.countInbound();
+  sm.confirm(1);
+  t.same(written, [], 'no <r/> was answered low: nothing owed, nothing sent');
+  sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
+  t.equal(written.at(-1), `<a xmlns='urn:xmpp:sm:3' h='1'/>`);
+  sm.confirm(1);
+  t.equal(written.at(-1), `<a xmlns='urn:xmpp:sm:3' h='2'/>`, 'the owed ack');
+  sm.confirm(0);
+  t.equal(written.length, 2);
+  sm.countInbound();
+  sm.forgetUnconfirmed();
+  t.equal(sm.received, 2, 'after a resume the unconfirmed stanza is the client\'s again');
 });

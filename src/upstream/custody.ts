@@ -1,0 +1,143 @@
+import { EventEmitter } from 'node:events';
+import type { UpstreamLink } from './link.ts';
+
+/**
+ * Custody of the client's stanzas on their way upstream (design §4.4): a stanza stays here
+ * until the server has confirmed it, so that an ack to the client means the server has it and a
+ * dropped link loses nothing (the stanzas are sent again on the next link, in order).
+ *
+ * Confirmation is by barrier: after a burst, one XEP-0199 ping to the server; its answer
+ * confirms everything sent on that link before it (RFC 6120 §10.1: a server processes a
+ * stream's stanzas in order). One barrier is outstanding at a time; stanzas sent meanwhile
+ * wait for the next one (coalesced).
+ *
+ * Events:
+ * - `confirmed` (n: number, counted: number): n more stanzas, the oldest held, reached the
+ *   server; `counted` of them were received after XEP-0198 was enabled (they count in `h`).
+ * - `timeout` (): a barrier went unanswered for `timeoutMs`: the link is presumed dead.
+ */
+export class Custody extends EventEmitter {
+  /** Stanzas not yet confirmed, oldest first. */
+  #held: string[] = [];
+  /** How many of #held (from the front) were written to the current link. */
+  #sent = 0;
+  /** How many of #held (from the front) came before XEP-0198 was enabled: not in any `h`. */
+  #uncounted = 0;
+  #link: UpstreamLink | undefined;
+  #barrierOut = false;
+  #barrierScheduled = false;
+  readonly #timeoutMs: number;
+
+  /** @param timeoutMs how long a barrier may go unanswered before the link counts as dead. */
+  constructor(timeoutMs: number) {
+    super();
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /** Stanzas held (sent or not) that the server has not confirmed. */
+  get pending(): number {
+    return this.#held.length;
+  }
+
+  /** True while a link is attached. */
+  get linked(): boolean {
+    return this.#link !== undefined;
+  }
+
+  /** Takes a client stanza: written at once when a link is attached, kept until confirmed. */
+  push(raw: string): void {
+    this.#held.push(raw);
+    if (!this.#link) return;
+    this.#link.send(raw);
+    this.#sent++;
+    this.#scheduleBarrier();
+  }
+
+  /** XEP-0198 was enabled: what is held now predates it and counts in no `h`. */
+  startCounting(): void {
+    this.#uncounted = this.#held.length;
+  }
+
+  /** A new link is ready: everything held goes out again, in order (design §4.5). */
+  attach(link: UpstreamLink): void {
+    this.#link = link;
+    this.#barrierOut = false;
+    for (const raw of this.#held) link.send(raw);
+    this.#sent = this.#held.length;
+    this.#scheduleBarrier();
+  }
+
+  /** The link is gone: nothing held counts as sent any more. */
+  detach(): void {
+    this.#link = undefined;
+    this.#sent = 0;
+    this.#barrierOut = false;
+  }
+
+  /**
+   * Resolves once everything sent so far is confirmed (true), or false when the link failed
+   * first. Used before answering `<resumed/>`, so its `h` covers every stanza already relayed.
+   */
+  async settled(): Promise<boolean> {
+    while (this.#link && this.#sent > 0) {
+      const ok = await new Promise<boolean>((resolve) => {
+        const done = (): void => {
+          this.off('confirmed', done);
+          this.off('timeout', fail);
+          resolve(true);
+        };
+        const fail = (): void => {
+          this.off('confirmed', done);
+          this.off('timeout', fail);
+          resolve(false);
+        };
+        this.on('confirmed', done);
+        this.on('timeout', fail);
+        this.#scheduleBarrier();
+      });
+      if (!ok) return false;
+    }
+    return this.#sent === 0;
+  }
+
+  /**
+   * Forgets what was never confirmed and returns it (oldest first). After a resume while no
+   * link is up, the client re-sends those itself (its `h` does not cover them).
+   */
+  release(): string[] {
+    const rest = this.#held.slice(this.#sent);
+    this.#held.length = this.#sent;
+    this.#uncounted = Math.min(this.#uncounted, this.#held.length);
+    return rest;
+  }
+
+  #scheduleBarrier(): void {
+    if (this.#barrierOut || this.#barrierScheduled) return;
+    this.#barrierScheduled = true;
+    // After the burst: every stanza of this event-loop turn is covered by one barrier.
+    setImmediate(() => {
+      this.#barrierScheduled = false;
+      void this.#barrier();
+    });
+  }
+
+  async #barrier(): Promise<void> {
+    const link = this.#link;
+    if (!link || this.#barrierOut || this.#sent === 0) return;
+    this.#barrierOut = true;
+    const covered = this.#sent;
+    const ok = await link.ping(this.#timeoutMs);
+    if (link !== this.#link) return; // detached meanwhile: the new link starts afresh
+    this.#barrierOut = false;
+    if (!ok) {
+      this.emit('timeout');
+      return;
+    }
+    this.#held.splice(0, covered);
+    this.#sent -= covered;
+    const uncounted = Math.min(covered, this.#uncounted);
+    this.#uncounted -= uncounted;
+    this.emit('confirmed', covered, covered - uncounted);
+    if (this.#sent > 0) this.#scheduleBarrier();
+  }
+}

@@ -1,0 +1,192 @@
+import { EventEmitter } from 'node:events';
+import type { Element } from 'ltx';
+import type { Logger } from 'pino';
+import { SaslFailure, UpstreamLink } from './link.ts';
+import { Custody } from './custody.ts';
+import type { CachedCredential } from './sasl.ts';
+import type { TopLevel } from '../xml/top-level.ts';
+
+/** Reconnect policy (design §4.5). Times in milliseconds. */
+export interface ReconnectOptions {
+  /** First retry after about this long; doubles per failure (with ±50 % jitter). */
+  initialDelayMs: number;
+  /** Longest wait between tries. */
+  maxDelayMs: number;
+  /** Stop trying (the session ends) when the link has been down this long. */
+  giveUpMs: number;
+  /** Answer time allowed for a custody barrier or a bind before the link counts as dead. */
+  requestTimeoutMs: number;
+}
+
+/** What an Upstream needs, passed in by name. */
+export interface UpstreamDeps {
+  /** Opens and authenticates a new link (the proxy's UpstreamLink.open with its options). */
+  open(credential: CachedCredential, domain: string): Promise<UpstreamLink>;
+  /** Runs `task` when a proxy-wide login slot is free, so an outage's reconnects are spread out. */
+  throttle<T>(task: () => Promise<T>): Promise<T>;
+  reconnect: ReconnectOptions;
+  log: Logger;
+}
+
+const NS_CARBONS = 'urn:xmpp:carbons:2';
+const NS_CSI = 'urn:xmpp:csi:0';
+
+/**
+ * The upstream side of one session (design §2, §4.4–4.5): the current link to the server, the
+ * custody of the client's stanzas until the server confirms them, and the reconnect that
+ * replaces a dropped link without the client noticing: log in again with the cached credential,
+ * bind the same resource, replay the session's state (last broadcast presence, carbons, CSI),
+ * then every client stanza not yet confirmed, in order.
+ *
+ * Events:
+ * - `element` (el: TopLevel): a top-level element from the server.
+ * - `confirmed` (counted: number): more client stanzas reached the server (`counted` of them
+ *   count in XEP-0198 `h`).
+ * - `down` (reason: string): the link dropped; reconnecting.
+ * - `up` (): a replacement link is bound and the state replayed.
+ * - `failed` (reason: string, refused: boolean): giving up; `refused` when the server rejected
+ *   the credential (password changed, account deleted).
+ */
+export class Upstream extends EventEmitter {
+  readonly custody: Custody;
+  /** The server's post-authentication features (from the first link). */
+  readonly features: Element;
+  /** The credential for re-logins, in memory only (design §4.1.3). */
+  readonly credential: CachedCredential;
+  readonly #deps: UpstreamDeps;
+  readonly #resource: string;
+  readonly #domain: string;
+  #link: UpstreamLink | undefined;
+  #closed = false;
+  #downSince = 0;
+  /** Session state replayed on a new link (design §4.5). */
+  #presence: string | undefined;
+  #carbons: string | undefined;
+  #csi: string | undefined;
+
+  constructor(deps: UpstreamDeps, link: UpstreamLink, fullJid: string) {
+    super();
+    this.#deps = deps;
+    this.#resource = fullJid.slice(fullJid.indexOf('/') + 1);
+    this.#domain = fullJid.slice(fullJid.indexOf('@') + 1, fullJid.indexOf('/'));
+    this.features = link.features;
+    this.credential = link.credential;
+    this.custody = new Custody(deps.reconnect.requestTimeoutMs);
+    this.custody.on('confirmed', (_n: number, counted: number) => this.emit('confirmed', counted));
+    // An unanswered barrier: the link is half-open; replace it.
+    this.custody.on('timeout', () => this.#link?.destroy());
+    this.#use(link);
+    this.custody.attach(link);
+  }
+
+  /** True while a link is up. */
+  get linked(): boolean {
+    return this.#link !== undefined;
+  }
+
+  /** A client stanza: into custody (sent now if linked), and remembered when it is session state. */
+  sendStanza(el: TopLevel): void {
+    this.#track(el);
+    this.custody.push(el.raw);
+  }
+
+  /** A client nonza for the server (CSI…): sent when linked; CSI state is replayed later. */
+  sendNonza(el: TopLevel): void {
+    if (el.attrs.xmlns === NS_CSI) this.#csi = el.raw;
+    this.#link?.send(el.raw);
+  }
+
+  /** Something of the proxy's own (an answer to the server's ping): sent only if linked. */
+  sendOwn(xml: string): void {
+    this.#link?.send(xml);
+  }
+
+  /** Ends it: stops reconnecting and closes the link cleanly after `last` (if linked). */
+  close(last?: string): void {
+    this.#closed = true;
+    const link = this.#link;
+    this.#link = undefined;
+    this.custody.detach();
+    link?.close(last);
+  }
+
+  #track(el: TopLevel): void {
+    // RFC 6121 §4.2: a presence without 'to' is the broadcast one the server remembers.
+    if (el.name === 'presence' && el.attrs.to === undefined) this.#presence = el.attrs.type === 'unavailable' ? undefined : el.raw;
+    else if (el.name === 'iq' && el.attrs.type === 'set' && el.raw.includes(NS_CARBONS)) {
+      const child = el.element().getChildElements()[0];
+      if (child?.attrs.xmlns === NS_CARBONS) this.#carbons = child.name === 'enable' ? child.toString() : undefined;
+    }
+  }
+
+  #use(link: UpstreamLink): void {
+    this.#link = link;
+    link.on('element', (el: TopLevel) => this.emit('element', el));
+    link.once('close', (reason: string) => {
+      if (this.#link !== link) return;
+      this.#link = undefined;
+      this.custody.detach();
+      if (this.#closed) return;
+      this.#downSince = Date.now();
+      this.emit('down', reason);
+      void this.#reconnect();
+    });
+  }
+
+  async #reconnect(): Promise<void> {
+    const { reconnect, log } = this.#deps;
+    let delay = reconnect.initialDelayMs;
+    for (let attempt = 1; !this.#closed; attempt++) {
+      // Full jitter: sessions that lost the server together come back spread out.
+      await sleep(delay * (0.5 + Math.random()));
+      if (this.#closed) return;
+      if (Date.now() - this.#downSince > reconnect.giveUpMs) {
+        return this.#giveUp(`upstream unreachable for ${Math.round((Date.now() - this.#downSince) / 1000)} s`, false);
+      }
+      try {
+        const link = await this.#deps.throttle(() => this.#deps.open(this.credential, this.#domain));
+        const jid = await link.bind(this.#resource, reconnect.requestTimeoutMs).catch((err: Error) => {
+          link.destroy();
+          throw err;
+        });
+        if (jid.slice(jid.indexOf('/') + 1) !== this.#resource) {
+          link.close();
+          throw new Error(`the server bound another resource (${jid})`);
+        }
+        if (this.#closed) return link.close(`<presence type='unavailable'/>`);
+        this.#replay(link);
+        log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
+        this.emit('up');
+        return;
+      } catch (err) {
+        if (err instanceof SaslFailure) return this.#giveUp(`the server refused the login (${err.condition})`, true);
+        log.info({ attempt }, `upstream reconnect failed: ${(err as Error).message}`);
+        delay = Math.min(delay * 2, reconnect.maxDelayMs);
+      }
+    }
+  }
+
+  /** Design §4.5: state first, then the held client stanzas in their original order. */
+  #replay(link: UpstreamLink): void {
+    if (this.#presence) link.send(this.#presence);
+    if (this.#carbons) {
+      const carbons = this.#carbons;
+      void link.request((id) => `<iq type='set' id='${id}'>${carbons}</iq>`, this.#deps.reconnect.requestTimeoutMs);
+    }
+    if (this.#csi) link.send(this.#csi);
+    this.#use(link);
+    this.custody.attach(link);
+  }
+
+  #giveUp(reason: string, refused: boolean): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#deps.log.warn(`giving up on the upstream: ${reason}`);
+    this.emit('failed', reason, refused);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
