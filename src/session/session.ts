@@ -37,7 +37,9 @@ export interface SessionDeps {
  * Events:
  * - `hibernating` (): the client vanished; the session waits for a resume.
  * - `resumed` (): a client resumed it.
- * - `ended` (reason: string): the session is over (upstream closed, timeout, client left).
+ * - `upstream-down` (reason: string): the upstream link dropped; the session reconnects it.
+ * - `upstream-up` (): a new upstream link is bound and the session's state replayed.
+ * - `ended` (reason: string): the session is over (timeout, client left, upstream gone for good).
  */
 export class Session extends EventEmitter {
   readonly bareJid: string;
@@ -65,7 +67,11 @@ export class Session extends EventEmitter {
     this.#upstream = new Upstream({ ...deps.upstream, log: this.log }, upstream, fullJid);
     this.#upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
     this.#upstream.on('confirmed', (counted: number) => this.sm.confirm(counted));
-    this.#upstream.on('down', (reason: string) => this.log.warn(`upstream link lost (${reason}): reconnecting`));
+    this.#upstream.on('down', (reason: string) => {
+      this.log.warn(`upstream link lost (${reason}): reconnecting`);
+      this.emit('upstream-down', reason);
+    });
+    this.#upstream.on('up', () => this.emit('upstream-up'));
     this.#upstream.on('failed', (reason: string, refused: boolean) => this.#onUpstreamFailed(reason, refused));
     this.#attach(client);
   }

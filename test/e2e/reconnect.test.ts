@@ -1,0 +1,193 @@
+import t from 'tap';
+import { xml } from '@xmpp/client';
+import type { Element } from 'ltx';
+import { startProsody } from '../harness/prosody.ts';
+import { startTestProxy, clientFor, waitFor, bodiesOf, ACCOUNTS, type TestProxy } from '../harness/proxy.ts';
+import { TcpRelay } from '../harness/tcp-relay.ts';
+import { RawClient } from '../harness/raw-client.ts';
+import type { Session } from '../../src/session/session.ts';
+
+/** Fast failure detection and retries, so faults resolve within a test's patience. */
+const FAST = {
+  upstream: { keepaliveSeconds: 1, pingTimeoutSeconds: 2, reconnectDelayMs: 200, reconnectMaxDelaySeconds: 1, connectTimeoutSeconds: 3 },
+};
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function sessionOf(tp: TestProxy, fullJid: string): Session {
+  const s = [...tp.proxy.sessions].find((x) => x.fullJid === fullJid);
+  if (!s) throw new Error(`no session ${fullJid}`);
+  return s;
+}
+
+/** alice and bob on @xmpp/client through the proxy; `drops` counts client-side disconnects. */
+async function chatPair(tp: TestProxy) {
+  const alice = clientFor(tp, 'alice', 'alice-pw', { resource: 'a' });
+  const bob = clientFor(tp, 'bob', 'bob-pw', { resource: 'b' });
+  const drops = { n: 0 };
+  for (const c of [alice, bob]) c.on('disconnect', () => drops.n++);
+  const aliceGot = bodiesOf(alice);
+  const bobGot = bodiesOf(bob);
+  await alice.start();
+  await bob.start();
+  await alice.send(xml('presence'));
+  await bob.send(xml('presence'));
+  await waitFor(() => sessionOf(tp, 'alice@proxy.test/a').sm.enabled && sessionOf(tp, 'bob@proxy.test/b').sm.enabled, 'SM enabled');
+  const say = (from: typeof alice, to: string, body: string) => from.send(xml('message', { to, type: 'chat' }, xml('body', {}, body)));
+  return { alice, bob, aliceGot, bobGot, drops, say };
+}
+
+const count = (list: string[], body: string) => list.filter((b) => b === body).length;
+
+t.test('Prosody restarts while two clients chat: no client sees it, every message arrives once', async (t) => {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
+  t.teardown(() => prosody.stop());
+  const tp = await startTestProxy(prosody, FAST);
+  t.teardown(() => tp.close());
+  const { alice, bob, aliceGot, bobGot, drops, say } = await chatPair(tp);
+  await say(alice, 'bob@proxy.test/b', 'before');
+  await waitFor(() => bobGot.includes('before'), 'bob gets the first message');
+
+  const aliceSession = sessionOf(tp, 'alice@proxy.test/a');
+  const down = new Promise((resolve) => aliceSession.once('upstream-down', resolve));
+  const restarting = prosody.restart();
+  // Messages both ways while the server is gone or coming back.
+  for (let i = 1; i <= 5; i++) {
+    await say(alice, 'bob@proxy.test/b', `a${i}`);
+    await say(bob, 'alice@proxy.test/a', `b${i}`);
+    await sleep(50);
+  }
+  await restarting;
+  await down;
+  await waitFor(() => aliceSession.upstreamLinked && sessionOf(tp, 'bob@proxy.test/b').upstreamLinked, 'both links re-established', 20_000);
+  await waitFor(() => [1, 2, 3, 4, 5].every((i) => bobGot.includes(`a${i}`) && aliceGot.includes(`b${i}`)), 'all messages of the outage delivered', 20_000);
+  await say(alice, 'bob@proxy.test/b', 'after');
+  await waitFor(() => bobGot.includes('after'), 'chat goes on');
+  await sleep(300);
+  for (let i = 1; i <= 5; i++) {
+    t.equal(count(bobGot, `a${i}`), 1, `a${i} reached bob exactly once`);
+    t.equal(count(aliceGot, `b${i}`), 1, `b${i} reached alice exactly once`);
+  }
+  t.equal(drops.n, 0, 'neither client saw a disconnect');
+  t.equal(sessionOf(tp, 'alice@proxy.test/a'), aliceSession, 'the same session carried on');
+  await alice.stop();
+  await bob.stop();
+});
+
+t.test('the upstream link is cut with 100 messages in flight: every message arrives', async (t) => {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
+  t.teardown(() => prosody.stop());
+  const relay = await TcpRelay.start(prosody.c2sPort);
+  t.teardown(() => relay.close());
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST.upstream, port: relay.port } });
+  t.teardown(() => tp.close());
+  const { alice, bob, bobGot, drops } = await chatPair(tp);
+  const bodies = Array.from({ length: 100 }, (_, i) => `m${i + 1}`);
+  // Straight into the socket, no awaiting: the cut lands while they are in flight.
+  for (const body of bodies) void alice.send(xml('message', { to: 'bob@proxy.test/b', type: 'chat' }, xml('body', {}, body)));
+  await sleep(5);
+  relay.cutAll();
+  await waitFor(() => bodies.every((b) => bobGot.includes(b)), 'all 100 delivered', 30_000);
+  await sleep(500);
+  const duplicates = bobGot.length - new Set(bobGot).size;
+  t.comment(`duplicates after the cut: ${duplicates} (messages sent on the dead link but not yet confirmed are sent again)`);
+  t.ok(duplicates <= 100, 'at most the unconfirmed ones are repeated');
+  t.same([...new Set(bobGot)].filter((b) => b.startsWith('m')), bodies, 'in order, none lost');
+  t.equal(drops.n, 0, 'no client saw the cut');
+  t.ok(relay.accepted >= 4, 'both links were re-established through the relay');
+  await alice.stop();
+  await bob.stop();
+});
+
+t.test('a half-open upstream (Prosody stopped with SIGSTOP) is detected and replaced', async (t) => {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
+  t.teardown(() => prosody.stop());
+  const tp = await startTestProxy(prosody, FAST);
+  t.teardown(() => tp.close());
+  const { alice, bob, aliceGot, bobGot, drops, say } = await chatPair(tp);
+  const session = sessionOf(tp, 'alice@proxy.test/a');
+  prosody.kill('SIGSTOP');
+  const stoppedAt = Date.now();
+  await say(alice, 'bob@proxy.test/b', 'into the void?');
+  await waitFor(() => !session.upstreamLinked, 'the dead link is noticed', 10_000);
+  const detectMs = Date.now() - stoppedAt;
+  t.ok(detectMs <= (FAST.upstream.keepaliveSeconds + FAST.upstream.pingTimeoutSeconds) * 1000 + 1500, `detected within the configured time (${detectMs} ms)`);
+  prosody.kill('SIGCONT');
+  await waitFor(() => session.upstreamLinked, 'replaced by a new link', 20_000);
+  await waitFor(() => bobGot.includes('into the void?'), 'the message sent into the half-open link arrives', 20_000);
+  await say(bob, 'alice@proxy.test/a', 'back');
+  await waitFor(() => aliceGot.includes('back'), 'and the other way');
+  t.equal(drops.n, 0, 'no client saw anything');
+  await alice.stop();
+  await bob.stop();
+});
+
+t.test('ten upstream drops in a row during a two-way message stream: zero loss', async (t) => {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
+  t.teardown(() => prosody.stop());
+  const relay = await TcpRelay.start(prosody.c2sPort);
+  t.teardown(() => relay.close());
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST.upstream, port: relay.port } });
+  t.teardown(() => tp.close());
+  const { alice, bob, aliceGot, bobGot, drops, say } = await chatPair(tp);
+  let sent = 0;
+  let streaming = true;
+  const stream = (async () => {
+    while (streaming) {
+      sent++;
+      await say(alice, 'bob@proxy.test/b', `a${sent}`);
+      await say(bob, 'alice@proxy.test/a', `b${sent}`);
+      await sleep(20);
+    }
+  })();
+  for (let i = 0; i < 10; i++) {
+    await sleep(400);
+    relay.cutAll();
+  }
+  await sleep(300);
+  streaming = false;
+  await stream;
+  const want = (p: string) => Array.from({ length: sent }, (_, i) => `${p}${i + 1}`);
+  await waitFor(() => want('a').every((b) => bobGot.includes(b)) && want('b').every((b) => aliceGot.includes(b)), 'everything delivered', 30_000);
+  t.same([...new Set(bobGot)], want('a'), `all ${sent} from alice, in order`);
+  t.same([...new Set(aliceGot)], want('b'), `all ${sent} from bob, in order`);
+  t.comment(`duplicates: alice→bob ${bobGot.length - sent}, bob→alice ${aliceGot.length - sent}`);
+  t.equal(drops.n, 0, 'no client saw any of the ten drops');
+  await alice.stop();
+  await bob.stop();
+});
+
+t.test('a client hibernated when the upstream drops still resumes and gets everything', async (t) => {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
+  t.teardown(() => prosody.stop());
+  const relay = await TcpRelay.start(prosody.c2sPort);
+  t.teardown(() => relay.close());
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST.upstream, port: relay.port } });
+  t.teardown(() => tp.close());
+  const { client: alice } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'phone' });
+  alice.send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`);
+  const id = (await alice.next((el) => el.name === 'enabled')).attrs.id as string;
+  alice.send(`<presence/>`);
+  const session = sessionOf(tp, 'alice@proxy.test/phone');
+  alice.destroy();
+  await waitFor(() => session.hibernating, 'hibernating');
+  relay.cutAll();
+  const bob = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'direct' });
+  for (let i = 1; i <= 5; i++) bob.client.send(`<message to='alice@proxy.test/phone' type='chat'><body>while both were gone ${i}</body></message>`);
+  await waitFor(() => session.upstreamLinked, 'upstream re-established while hibernated', 20_000);
+  for (let i = 6; i <= 8; i++) bob.client.send(`<message to='alice@proxy.test/phone' type='chat'><body>while both were gone ${i}</body></message>`);
+  await waitFor(() => session.sm.queue.unacked().filter((s) => s.xml.includes('while both were gone')).length === 8, 'all 8 queued for alice', 20_000);
+
+  const again = await RawClient.authenticated({ port: tp.port, user: 'alice', password: 'alice-pw' });
+  again.send(`<resume xmlns='urn:xmpp:sm:3' previd='${id}' h='0'/>`);
+  t.equal((await again.next((el) => el.name === 'resumed' || el.name === 'failed')).name, 'resumed');
+  const got: Element[] = [];
+  while (got.length < 8) got.push(await again.next((el) => el.name === 'message'));
+  t.same(
+    got.map((m) => m.getChildText('body')),
+    Array.from({ length: 8 }, (_, i) => `while both were gone ${i + 1}`),
+    'offline messages of the gap and the later ones, in order',
+  );
+  again.send('</stream:stream>');
+  bob.client.send('</stream:stream>');
+});

@@ -1,0 +1,80 @@
+/**
+ * A TCP relay on loopback between the proxy and its upstream, for injecting network faults into
+ * the upstream link: cut every connection, or freeze them (half-open: nothing is forwarded and
+ * nothing is closed, as when a NAT or a cable silently drops traffic).
+ */
+import * as net from 'node:net';
+
+export class TcpRelay {
+  readonly port: number;
+  #server: net.Server;
+  #pairs = new Set<{ a: net.Socket; b: net.Socket; frozen: boolean }>();
+  #frozen = false;
+  /** Connections accepted so far (each upstream link is one). */
+  accepted = 0;
+
+  private constructor(server: net.Server, port: number) {
+    this.#server = server;
+    this.port = port;
+  }
+
+  /** Listens on a free loopback port and forwards each connection to `targetPort`. */
+  static async start(targetPort: number): Promise<TcpRelay> {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const relay = new TcpRelay(server, (server.address() as net.AddressInfo).port);
+    server.on('connection', (a) => relay.#accept(a, targetPort));
+    return relay;
+  }
+
+  #accept(a: net.Socket, targetPort: number): void {
+    this.accepted++;
+    const b = net.connect({ host: '127.0.0.1', port: targetPort });
+    const pair = { a, b, frozen: this.#frozen };
+    this.#pairs.add(pair);
+    const forward = (from: net.Socket, to: net.Socket) =>
+      from.on('data', (chunk) => {
+        if (!pair.frozen) to.write(chunk);
+      });
+    forward(a, b);
+    forward(b, a);
+    const close = () => {
+      a.destroy();
+      b.destroy();
+      this.#pairs.delete(pair);
+    };
+    for (const s of [a, b]) {
+      s.on('error', close);
+      s.on('close', close);
+    }
+  }
+
+  /** Live connections. */
+  get connections(): number {
+    return this.#pairs.size;
+  }
+
+  /** Resets every connection (both ends see the drop at once). */
+  cutAll(): void {
+    for (const { a, b } of [...this.#pairs]) {
+      a.resetAndDestroy();
+      b.resetAndDestroy();
+    }
+  }
+
+  /** Half-open: connections stay up but forward nothing, new ones included. */
+  freeze(): void {
+    this.#frozen = true;
+    for (const pair of this.#pairs) pair.frozen = true;
+  }
+
+  /** New connections work again; frozen ones stay dead (what they swallowed is lost). */
+  thaw(): void {
+    this.#frozen = false;
+  }
+
+  async close(): Promise<void> {
+    this.cutAll();
+    await new Promise((resolve) => this.#server.close(resolve));
+  }
+}
