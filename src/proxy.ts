@@ -132,6 +132,10 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       const closed = Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
       for (const client of [...clients]) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
       for (const session of [...sessions]) session.end('proxy shutting down');
+      // Peers get a moment to close their side; then their sockets go.
+      const grace = new Promise((resolve) => setTimeout(resolve, 1000).unref());
+      await Promise.race([closed, grace]);
+      for (const client of [...clients]) client.destroy();
       await closed;
     },
   };

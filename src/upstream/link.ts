@@ -3,6 +3,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { escapeXML, type Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
+import { QUERY_PREFIX } from './gap-fill.ts';
 import { XmlStream } from '../xml/xml-stream.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
@@ -53,6 +54,8 @@ export class UpstreamError extends Error {
  *
  * Events:
  * - `element` (el: TopLevel): a top-level element from the server.
+ * - `archive` (el: TopLevel): a result of the proxy's own archive query (gap-fill.ts), kept
+ *   from the client; emitted only while someone listens.
  * - `close` (reason: string): the link is gone (server closed, network loss, stream error).
  */
 export class UpstreamLink extends EventEmitter {
@@ -265,6 +268,10 @@ export class UpstreamLink extends EventEmitter {
     if (el.name === 'iq' && this.#ownIqs.size > 0 && (el.attrs.type === 'result' || el.attrs.type === 'error')) {
       const settle = this.#ownIqs.get(el.attrs.id);
       if (settle) return settle(el);
+    }
+    if (el.name === 'message' && this.listenerCount('archive') > 0 && el.raw.includes(QUERY_PREFIX)) {
+      const queryId = el.element().getChild('result')?.attrs.queryid;
+      if (typeof queryId === 'string' && queryId.startsWith(QUERY_PREFIX)) return void this.emit('archive', el);
     }
     if (el.name === 'stream:error') {
       const condition = el.element().getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';

@@ -3,6 +3,7 @@ import type { Element } from 'ltx';
 import type { Logger } from 'pino';
 import { SaslFailure, UpstreamLink } from './link.ts';
 import { Custody } from './custody.ts';
+import { archiveId, fillGap, hasArchive } from './gap-fill.ts';
 import type { CachedCredential } from './sasl.ts';
 import type { TopLevel } from '../xml/top-level.ts';
 
@@ -56,6 +57,13 @@ export class Upstream extends EventEmitter {
   readonly #deps: UpstreamDeps;
   readonly #resource: string;
   readonly #domain: string;
+  readonly #fullJid: string;
+  readonly #bareJid: string;
+  /** The account's server archives messages (XEP-0313): gaps can be filled from it. */
+  #archive = false;
+  /** Archive id of the last message handed to the session, and ids handed over since a drop. */
+  #lastArchiveId: string | undefined;
+  #idsSinceDrop: Set<string> | undefined;
   #link: UpstreamLink | undefined;
   #closed = false;
   #downSince = 0;
@@ -69,6 +77,11 @@ export class Upstream extends EventEmitter {
     this.#deps = deps;
     this.#resource = fullJid.slice(fullJid.indexOf('/') + 1);
     this.#domain = fullJid.slice(fullJid.indexOf('@') + 1, fullJid.indexOf('/'));
+    this.#fullJid = fullJid;
+    this.#bareJid = fullJid.slice(0, fullJid.indexOf('/'));
+    void hasArchive(link, this.#bareJid, deps.reconnect.requestTimeoutMs).then((yes) => {
+      this.#archive = yes;
+    });
     this.features = link.features;
     this.credential = link.credential;
     this.custody = new Custody(deps.reconnect.requestTimeoutMs);
@@ -121,16 +134,37 @@ export class Upstream extends EventEmitter {
 
   #use(link: UpstreamLink): void {
     this.#link = link;
-    link.on('element', (el: TopLevel) => this.emit('element', el));
+    link.on('element', (el: TopLevel) => this.#deliver(el));
     link.once('close', (reason: string) => {
       if (this.#link !== link) return;
       this.#link = undefined;
       this.custody.detach();
       if (this.#closed) return;
       this.#downSince = Date.now();
+      if (this.#archive) this.#idsSinceDrop ??= new Set();
       this.emit('down', reason);
       void this.#reconnect();
     });
+  }
+
+  #deliver(el: TopLevel, id = this.#archive && el.name === 'message' ? archiveId(el.raw, this.#bareJid) : undefined): void {
+    if (id !== undefined) {
+      if (this.#idsSinceDrop?.has(id)) return; // already delivered live (gap fill overlap)
+      this.#lastArchiveId = id;
+      this.#idsSinceDrop?.add(id);
+    }
+    this.emit('element', el);
+  }
+
+  /** Design §4.5: what the server wrote to the dead link comes back from its archive. */
+  async #fillGap(link: UpstreamLink, downSince: number): Promise<void> {
+    const n = await fillGap(
+      link,
+      { bareJid: this.#bareJid, fullJid: this.#fullJid, afterId: this.#lastArchiveId, startMs: downSince - 5000, timeoutMs: this.#deps.reconnect.requestTimeoutMs },
+      (message, id) => this.#deliver(message, id),
+    );
+    this.#idsSinceDrop = undefined;
+    if (n > 0) this.#deps.log.info({ recovered: n }, 'messages of the upstream gap recovered from the archive');
   }
 
   async #reconnect(): Promise<void> {
@@ -157,6 +191,7 @@ export class Upstream extends EventEmitter {
         this.#replay(link);
         log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
         this.emit('up');
+        if (this.#archive) void this.#fillGap(link, this.#downSince);
         return;
       } catch (err) {
         if (err instanceof SaslFailure) return this.#giveUp(`the server refused the login (${err.condition})`, true);

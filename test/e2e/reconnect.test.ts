@@ -74,31 +74,6 @@ t.test('Prosody restarts while two clients chat: no client sees it, every messag
   await bob.stop();
 });
 
-t.test('the upstream link is cut with 100 messages in flight: every message arrives', async (t) => {
-  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST.upstream, port: relay.port } });
-  t.teardown(() => tp.close());
-  const { alice, bob, bobGot, drops } = await chatPair(tp);
-  const bodies = Array.from({ length: 100 }, (_, i) => `m${i + 1}`);
-  // Straight into the socket, no awaiting: the cut lands while they are in flight.
-  for (const body of bodies) void alice.send(xml('message', { to: 'bob@proxy.test/b', type: 'chat' }, xml('body', {}, body)));
-  await sleep(5);
-  relay.cutAll();
-  await waitFor(() => bodies.every((b) => bobGot.includes(b)), 'all 100 delivered', 30_000);
-  await sleep(500);
-  const duplicates = bobGot.length - new Set(bobGot).size;
-  t.comment(`duplicates after the cut: ${duplicates} (messages sent on the dead link but not yet confirmed are sent again)`);
-  t.ok(duplicates <= 100, 'at most the unconfirmed ones are repeated');
-  t.same([...new Set(bobGot)].filter((b) => b.startsWith('m')), bodies, 'in order, none lost');
-  t.equal(drops.n, 0, 'no client saw the cut');
-  t.ok(relay.accepted >= 4, 'both links were re-established through the relay');
-  await alice.stop();
-  await bob.stop();
-});
-
 t.test('a half-open upstream (Prosody stopped with SIGSTOP) is detected and replaced', async (t) => {
   const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
   t.teardown(() => prosody.stop());
@@ -118,41 +93,6 @@ t.test('a half-open upstream (Prosody stopped with SIGSTOP) is detected and repl
   await say(bob, 'alice@proxy.test/a', 'back');
   await waitFor(() => aliceGot.includes('back'), 'and the other way');
   t.equal(drops.n, 0, 'no client saw anything');
-  await alice.stop();
-  await bob.stop();
-});
-
-t.test('ten upstream drops in a row during a two-way message stream: zero loss', async (t) => {
-  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST.upstream, port: relay.port } });
-  t.teardown(() => tp.close());
-  const { alice, bob, aliceGot, bobGot, drops, say } = await chatPair(tp);
-  let sent = 0;
-  let streaming = true;
-  const stream = (async () => {
-    while (streaming) {
-      sent++;
-      await say(alice, 'bob@proxy.test/b', `a${sent}`);
-      await say(bob, 'alice@proxy.test/a', `b${sent}`);
-      await sleep(20);
-    }
-  })();
-  for (let i = 0; i < 10; i++) {
-    await sleep(400);
-    relay.cutAll();
-  }
-  await sleep(300);
-  streaming = false;
-  await stream;
-  const want = (p: string) => Array.from({ length: sent }, (_, i) => `${p}${i + 1}`);
-  await waitFor(() => want('a').every((b) => bobGot.includes(b)) && want('b').every((b) => aliceGot.includes(b)), 'everything delivered', 30_000);
-  t.same([...new Set(bobGot)], want('a'), `all ${sent} from alice, in order`);
-  t.same([...new Set(aliceGot)], want('b'), `all ${sent} from bob, in order`);
-  t.comment(`duplicates: alice→bob ${bobGot.length - sent}, bob→alice ${aliceGot.length - sent}`);
-  t.equal(drops.n, 0, 'no client saw any of the ten drops');
   await alice.stop();
   await bob.stop();
 });
@@ -191,3 +131,4 @@ t.test('a client hibernated when the upstream drops still resumes and gets every
   again.send('</stream:stream>');
   bob.client.send('</stream:stream>');
 });
+

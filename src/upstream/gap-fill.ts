@@ -1,0 +1,100 @@
+import { type Element } from 'ltx';
+import type { UpstreamLink } from './link.ts';
+import { TopLevel } from '../xml/top-level.ts';
+
+/**
+ * Gap fill after an upstream reconnect (design §4.5): messages the server wrote to the dying
+ * link are lost on the wire, but a server with an archive (XEP-0313 MAM) still has them. The
+ * session remembers the last archived id (XEP-0359 stanza-id by the account) it delivered;
+ * after the reconnect it pages through the archive from there and hands over each message
+ * addressed to this resource that the client has not had yet.
+ */
+
+const NS_SID = 'urn:xmpp:sid:0';
+const NS_MAM = 'urn:xmpp:mam:2';
+const NS_RSM = 'http://jabber.org/protocol/rsm';
+const NS_FORWARD = 'urn:xmpp:forward:0';
+const NS_DISCO_INFO = 'http://jabber.org/protocol/disco#info';
+
+/** Prefix of the proxy's own MAM query ids: the link keeps their results from the client. */
+export const QUERY_PREFIX = 'proxy-gap-';
+let querySeq = 0;
+
+const STANZA_ID = /<stanza-id\s[^>]*>/g;
+const ATTR = (name: string) => new RegExp(`\\s${name}=(?:'([^']*)'|"([^"]*)")`);
+const BY = ATTR('by');
+const ID = ATTR('id');
+
+/**
+ * The archive id the account's server gave a message (`<stanza-id by=account id=…/>`), read
+ * from the raw text without parsing it; undefined when there is none.
+ */
+export function archiveId(raw: string, bareJid: string): string | undefined {
+  if (!raw.includes(NS_SID)) return undefined;
+  for (const tag of raw.match(STANZA_ID) ?? []) {
+    const by = BY.exec(tag);
+    if ((by?.[1] ?? by?.[2]) !== bareJid) continue;
+    const id = ID.exec(tag);
+    return id?.[1] ?? id?.[2];
+  }
+  return undefined;
+}
+
+/** True when the account's archive answers queries (disco#info on the bare JID, XEP-0313 §6). */
+export async function hasArchive(link: UpstreamLink, bareJid: string, timeoutMs: number): Promise<boolean> {
+  const answer = await link.request((id) => `<iq type='get' id='${id}' to='${bareJid}'><query xmlns='${NS_DISCO_INFO}'/></iq>`, timeoutMs);
+  return answer?.attrs.type === 'result' && answer.raw.includes(NS_MAM) &&
+    answer.element().getChild('query')?.getChildren('feature').some((f) => f.attrs.var === NS_MAM) === true;
+}
+
+/**
+ * Pages through the archive after `afterId` (or since `startMs` when no id is known) and calls
+ * `deliver` with each archived message addressed to `fullJid` (or the bare JID) that did not
+ * come from the account itself, as the server had sent it, plus its archive id.
+ * Returns how many were delivered; stops quietly on an error or timeout.
+ */
+export async function fillGap(
+  link: UpstreamLink,
+  opts: { bareJid: string; fullJid: string; afterId?: string; startMs: number; timeoutMs: number; maxPages?: number },
+  deliver: (message: TopLevel, archivedId: string) => void,
+): Promise<number> {
+  let after = opts.afterId;
+  let delivered = 0;
+  for (let page = 0; page < (opts.maxPages ?? 20); page++) {
+    const queryId = `${QUERY_PREFIX}${++querySeq}`;
+    const found: Array<{ message: Element; id: string; stamp?: string }> = [];
+    const collect = (el: TopLevel): void => {
+      if (el.name !== 'message' || !el.raw.includes(NS_MAM)) return;
+      const result = el.element().getChild('result', NS_MAM);
+      if (result?.attrs.queryid !== queryId) return;
+      const forwarded = result.getChild('forwarded', NS_FORWARD);
+      const message = forwarded?.getChild('message');
+      if (message) found.push({ message, id: result.attrs.id, stamp: forwarded?.getChild('delay')?.attrs.stamp });
+    };
+    link.on('archive', collect);
+    const form = after
+      ? `<set xmlns='${NS_RSM}'><max>100</max><after>${after}</after></set>`
+      : `<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>${NS_MAM}</value></field>` +
+        `<field var='start'><value>${new Date(opts.startMs).toISOString()}</value></field></x><set xmlns='${NS_RSM}'><max>100</max></set>`;
+    const fin = await link.request((id) => `<iq type='set' id='${id}'><query xmlns='${NS_MAM}' queryid='${queryId}'>${form}</query></iq>`, opts.timeoutMs);
+    link.off('archive', collect);
+    if (fin?.attrs.type !== 'result') return delivered;
+    for (const { message, id, stamp } of found) {
+      const to = String(message.attrs.to ?? '');
+      const from = String(message.attrs.from ?? '');
+      if (from.split('/')[0] === opts.bareJid) continue; // the account's own outgoing message
+      if (to !== opts.fullJid && to !== opts.bareJid) continue; // for another resource
+      message.attrs.xmlns = undefined;
+      message.remove('delay', 'urn:xmpp:delay');
+      message.c('delay', { xmlns: 'urn:xmpp:delay', from: opts.bareJid.split('@')[1], stamp: stamp ?? new Date().toISOString() });
+      deliver(new TopLevel('message', message.attrs as Record<string, string>, message.toString()), id);
+      delivered++;
+      after = id;
+    }
+    const finEl = fin.element().getChild('fin', NS_MAM);
+    const last = finEl?.getChild('set', NS_RSM)?.getChildText('last');
+    if (finEl?.attrs.complete === 'true' || !last || found.length === 0) return delivered;
+    after = last;
+  }
+  return delivered;
+}
