@@ -30,10 +30,10 @@ export interface Proxy {
  * @throws CertificateError for unusable certificates; Error when a port cannot be bound.
  */
 export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
-  const credentials = await loadTlsCredentials(config.tls, config.domains);
-  log.info({ source: credentials.source, names: credentials.names, notAfter: credentials.notAfter }, 'TLS certificate loaded');
-  if (credentials.notAfter.getTime() < Date.now()) log.warn('the TLS certificate has expired');
-  const secureContext = tls.createSecureContext({ key: credentials.key, cert: credentials.cert });
+  const certificate = await loadTlsCredentials(config.tls, config.domains);
+  log.info({ source: certificate.source, names: certificate.names, notAfter: certificate.notAfter }, 'TLS certificate loaded');
+  if (certificate.notAfter.getTime() < Date.now()) log.warn('the TLS certificate has expired');
+  const secureContext = tls.createSecureContext({ key: certificate.key, cert: certificate.cert });
 
   const registry = new SessionRegistry<Session>(config.sm.maxOldSessions);
   const sessions = new Set<Session>();
@@ -113,7 +113,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     },
   };
 
-  const servers: Server[] = await listenC2s(config.listen, credentials, (socket: Socket, direct: boolean) => {
+  const servers: Server[] = await listenC2s(config.listen, certificate, (socket: Socket, direct: boolean) => {
     const client = new ClientStream(socket, direct, clientDeps);
     clients.add(client);
     client.once('close', () => clients.delete(client));
