@@ -137,18 +137,12 @@ t.test('every flag maps to its key', async (t) => {
   t.same(c, {
     domains: ['a.test', 'b.test'],
     upstream: {
+      ...DEFAULTS.upstream,
       host: 'up.example',
       port: 5333,
       tls: 'required',
       caFile: join(dir, 'ca.pem'),
       acceptSelfSigned: true,
-      connectTimeoutSeconds: 10,
-      keepaliveSeconds: 60,
-      pingTimeoutSeconds: 30,
-      reconnectDelayMs: 500,
-      reconnectMaxDelaySeconds: 30,
-      reconnectGiveUpSeconds: 300,
-      maxConcurrentLogins: 16,
     },
     listen: {
       starttls: [
