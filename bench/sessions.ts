@@ -16,7 +16,6 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startProsody, type ProsodyInstance } from '../test/harness/prosody.ts';
 import { BenchClient } from './lib/client.ts';
-import { ResumeClient } from './lib/sessions-client.ts';
 import { LatencyRecorder, type LatencySummary } from './lib/stats.ts';
 import { cpuDelta, cpuSnapshot, type CpuDelta, type CpuSnapshot } from './lib/proc.ts';
 import type { ProxyStats, ProxyStatsDetail } from './lib/sessions-proxy-child.ts';
@@ -633,10 +632,10 @@ async function main(): Promise<number> {
         const idx = Array.from({ length: Math.min(o.resumeBatch, R - b) }, (_, k) => b + k);
         const settled = await Promise.allSettled(
           idx.map((i) =>
-            ResumeClient.resume({ host: '127.0.0.1', port: proxy!.port, domain: DOMAIN, user: users[i]!, password: PASSWORD, previd: smIds[i]!, h: hNow[i]!, expect: queued }),
+            BenchClient.resume({ host: '127.0.0.1', port: proxy!.port, domain: DOMAIN, user: users[i]!, password: PASSWORD, previd: smIds[i]!, h: hNow[i]!, expect: queued }),
           ),
         );
-        const resumed: ResumeClient[] = [];
+        const resumed: BenchClient[] = [];
         for (const [k, s] of settled.entries()) {
           if (s.status === 'rejected') {
             errors.push(`resume (${queued} queued) ${users[idx[k]!]}: ${(s.reason as Error).message}`);

@@ -40,6 +40,35 @@ export interface LoginOptions {
   timeoutMs?: number;
 }
 
+/** For `BenchClient.resume()`: authenticate, then `<resume/>` an existing session (XEP-0198 §5). */
+export interface ResumeOptions {
+  host: string;
+  port: number;
+  domain: string;
+  user: string;
+  password: string;
+  /** The session's resumption id (`<enabled id/>`). */
+  previd: string;
+  /** Stanzas this client had received on the session (`<resume h/>`). */
+  h: number;
+  /** Stanzas the server should re-send; `times.allAt` is set when that many arrived. */
+  expect: number;
+  /** Whole resume (and re-send) must finish within this time. Default 60 s. */
+  timeoutMs?: number;
+}
+
+/** Instants (performance.now(), ms) of one resume. */
+export interface ResumeTimes {
+  /** Before net.connect(). */
+  start: number;
+  /** `<resume/>` handed to the socket. */
+  resumeSent: number;
+  /** `<resumed/>` parsed. */
+  resumed: number;
+  /** The `expect`-th re-sent stanza parsed (= resumed when expect is 0). */
+  allAt: number;
+}
+
 /** A top-level element, built only during negotiation. */
 interface Node {
   name: string;
@@ -75,6 +104,10 @@ export class BenchClient {
   messages = 0;
   /** Stream error or socket error seen, if any. */
   error: string | undefined;
+  /** Resume only: when each step happened, what the server said, how much it re-sent. */
+  readonly times: ResumeTimes = { start: NaN, resumeSent: NaN, resumed: NaN, allAt: NaN };
+  serverH = NaN;
+  resent = 0;
   /** Called with the body text of every inbound message (after negotiation). */
   onMessage: ((body: string) => void) | undefined;
   readonly closed: Promise<void>;
@@ -96,6 +129,9 @@ export class BenchClient {
   #rEvery = 50;
   #ackWaiters: Array<() => void> = [];
   #closedFlag = false;
+  /** Resume only: stanzas expected after `<resumed/>` (-1: not resuming), and who waits for them. */
+  #expect = -1;
+  #onAll: (() => void) | undefined;
 
   private constructor(socket: net.Socket) {
     this.#socket = socket;
@@ -109,7 +145,28 @@ export class BenchClient {
   }
 
   /** Connects and runs the whole login; resolves with a client ready for traffic. */
-  static async login(o: LoginOptions): Promise<BenchClient> {
+  static login(o: LoginOptions): Promise<BenchClient> {
+    return BenchClient.#run('login', o, o.timeoutMs ?? 20_000, (c) => {
+      c.#rEvery = o.rEvery ?? 50;
+      return c.#login(o);
+    });
+  }
+
+  /** Connects, authenticates and resumes; resolves once `<resumed/>` and `expect` stanzas arrived. */
+  static resume(o: ResumeOptions): Promise<BenchClient> {
+    const start = performance.now();
+    return BenchClient.#run('resume', o, o.timeoutMs ?? 60_000, (c) => {
+      c.times.start = start;
+      return c.#resume(o);
+    });
+  }
+
+  static async #run(
+    what: string,
+    o: { host: string; port: number; domain: string; user: string },
+    timeoutMs: number,
+    negotiate: (c: BenchClient) => Promise<void>,
+  ): Promise<BenchClient> {
     const socket = net.connect({ host: o.host, port: o.port });
     socket.setNoDelay(true);
     await new Promise<void>((resolve, reject) => {
@@ -117,23 +174,23 @@ export class BenchClient {
       socket.once('error', reject);
     });
     const c = new BenchClient(socket);
-    c.#rEvery = o.rEvery ?? 50;
     const timer = setTimeout(() => {
-      c.error ??= `login timed out for ${o.user}`;
+      c.error ??= `${what} timed out for ${o.user}`;
       c.destroy();
-    }, o.timeoutMs ?? 20_000);
+    }, timeoutMs);
     try {
-      await c.#negotiate(o);
+      await negotiate(c);
     } catch (err) {
       c.destroy();
-      throw new Error(`login ${o.user}@${o.domain} via ${o.host}:${o.port}: ${(err as Error).message}`);
+      throw new Error(`${what} ${o.user}@${o.domain} via ${o.host}:${o.port}: ${(err as Error).message}`);
     } finally {
       clearTimeout(timer);
     }
     return c;
   }
 
-  async #negotiate(o: LoginOptions): Promise<void> {
+  /** STARTTLS (when offered), SASL PLAIN and the stream restart; returns the new features. */
+  async #authenticate(o: { domain: string; user: string; password: string }): Promise<Node> {
     let features = await this.#open(o.domain);
     if (child(features, 'starttls')) {
       this.send(`<starttls xmlns='${NS_TLS}'/>`);
@@ -148,7 +205,11 @@ export class BenchClient {
     this.send(`<auth xmlns='${NS_SASL}' mechanism='PLAIN'>${payload}</auth>`);
     const answer = await this.#next((n) => n.name === 'success' || n.name === 'failure');
     if (answer.name !== 'success') throw new Error(`SASL failure: ${answer.children.map((c) => c.name).join(',')}`);
-    features = await this.#open(o.domain);
+    return this.#open(o.domain);
+  }
+
+  async #login(o: LoginOptions): Promise<void> {
+    const features = await this.#authenticate(o);
     this.send(`<iq type='set' id='bind1'><bind xmlns='${NS_BIND}'><resource>${o.resource}</resource></bind></iq>`);
     const iq = await this.#next((n) => n.name === 'iq' && n.attrs.id === 'bind1');
     const jid = iq.attrs.type === 'result' ? child(child(iq, 'bind') ?? iq, 'jid')?.text : undefined;
@@ -167,6 +228,45 @@ export class BenchClient {
     }
     this.sent = 0;
     this.#building = false;
+  }
+
+  async #resume(o: ResumeOptions): Promise<void> {
+    const features = await this.#authenticate(o);
+    if (!child(features, 'sm') || child(features, 'sm')!.attrs.xmlns !== NS_SM) throw new Error(`no ${NS_SM} after SASL`);
+    this.h = o.h;
+    this.#expect = o.expect;
+    const all = o.expect === 0 ? Promise.resolve() : new Promise<void>((resolve) => (this.#onAll = resolve));
+    this.send(`<resume xmlns='${NS_SM}' previd='${o.previd}' h='${o.h}'/>`);
+    this.#flush();
+    this.times.resumeSent = performance.now();
+    const res = await this.#next((n) => n.name === 'resumed' || n.name === 'failed');
+    if (res.name !== 'resumed') throw new Error(`resume failed: ${res.children.map((c) => c.name).join(',') || 'no condition'}`);
+    this.#building = false;
+    this.#backlog = [];
+    if (o.expect === 0) this.times.allAt = this.times.resumed;
+    await Promise.race([
+      all,
+      this.closed.then(() => {
+        throw new Error(`connection closed after ${this.resent}/${o.expect} re-sent stanzas${this.error ? `: ${this.error}` : ''}`);
+      }),
+    ]);
+  }
+
+  /**
+   * Acknowledges everything received (`<a h/>`), then asks for the server's count with `<r/>`
+   * and waits for its `<a/>`: once that arrived, the server has processed our ack too.
+   */
+  async ackAll(timeoutMs = 10_000): Promise<void> {
+    const acked = new Promise<void>((resolve) => this.#ackWaiters.push(resolve));
+    this.send(`<a xmlns='${NS_SM}' h='${this.h}'/><r xmlns='${NS_SM}'/>`);
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([
+      acked,
+      new Promise((_, reject) => {
+        t = setTimeout(() => reject(new Error('no <a/> from the server')), timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(t));
+    if (this.#closedFlag) throw new Error('connection closed before the server acked');
   }
 
   /** Sends a chat message (counts it; with SM, follows every rEvery-th with `<r/>`). */
@@ -328,6 +428,13 @@ export class BenchClient {
     }
   };
 
+  #countResent(): void {
+    if (++this.resent === this.#expect) {
+      this.times.allAt = performance.now();
+      this.#onAll?.();
+    }
+  }
+
   #deliver(node: Node): void {
     if (node.name === 'stream:error') this.error = `stream error: ${node.children.map((c) => c.name).join(',')}`;
     const i = this.#waiters.findIndex((w) => w.pred(node));
@@ -337,7 +444,16 @@ export class BenchClient {
 
   /** A complete top-level element, on the fast path. */
   #top(name: string): void {
+    if (this.#expect >= 0 && this.smEnabled && (name === 'message' || name === 'presence' || name === 'iq')) this.#countResent();
     switch (name) {
+      case 'resumed':
+        // Counting starts here: the re-sent stanzas may follow in the same chunk.
+        if (this.#topAttrs.xmlns === NS_SM) {
+          this.smEnabled = true;
+          this.serverH = Number(this.#topAttrs.h);
+          this.times.resumed = performance.now();
+        }
+        return;
       case 'message':
         if (this.smEnabled) this.h = (this.h + 1) % 2 ** 32;
         if (this.#body !== '') {
