@@ -70,6 +70,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
         giveUpMs: config.upstream.reconnectGiveUpSeconds * 1000,
         requestTimeoutMs: config.upstream.pingTimeoutSeconds * 1000,
       },
+      serverAcks: config.upstream.streamManagement,
     },
     isLastSession: (session) => (byAccount.get(session.bareJid)?.size ?? 0) <= 1,
     log,

@@ -46,6 +46,11 @@ export interface Config {
     reconnectGiveUpSeconds: number;
     /** Upstream logins in flight at once, proxy-wide (spreads the reconnects after an outage). */
     maxConcurrentLogins: number;
+    /**
+     * Use the server's own XEP-0198 acks (without resumption) for custody when it offers them;
+     * a server whose acks stop answering or count wrong falls back to ping barriers (design §4.4).
+     */
+    streamManagement: boolean;
   };
   listen: {
     /** STARTTLS listeners (RFC 6120 §5); empty disables. Default 0.0.0.0:5222. */
@@ -104,6 +109,7 @@ export const DEFAULTS: Config = {
     reconnectMaxDelaySeconds: 30,
     reconnectGiveUpSeconds: 300,
     maxConcurrentLogins: 16,
+    streamManagement: true,
   },
   listen: {
     starttls: [{ host: '0.0.0.0', port: 5222 }],

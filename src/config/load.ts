@@ -230,6 +230,7 @@ const SCHEMA: Schema<Config> = {
     reconnectMaxDelaySeconds: seconds(1),
     reconnectGiveUpSeconds: seconds(1),
     maxConcurrentLogins: atLeast(1),
+    streamManagement: boolean,
   },
   listen: {
     starttls: listenList,

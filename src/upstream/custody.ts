@@ -6,10 +6,12 @@ import type { UpstreamLink } from './link.ts';
  * until the server has confirmed it, so that an ack to the client means the server has it and a
  * dropped link loses nothing (the stanzas are sent again on the next link, in order).
  *
- * Confirmation is by barrier: after a burst, one XEP-0199 ping to the server; its answer
- * confirms everything sent on that link before it (RFC 6120 §10.1: a server processes a
- * stream's stanzas in order). One barrier is outstanding at a time; stanzas sent meanwhile
- * wait for the next one (coalesced).
+ * Confirmation is by barrier, after a burst: the server's own XEP-0198 `<a/>` answering an
+ * `<r/>` when it has SM and its counts hold (server-sm.ts), otherwise an XEP-0199 ping, whose
+ * answer confirms everything sent on that link before it (RFC 6120 §10.1: a server processes a
+ * stream's stanzas in order). An SM barrier that fails is followed at once by a ping barrier
+ * for the same stanzas. One barrier is outstanding at a time; stanzas sent meanwhile wait for
+ * the next one (coalesced).
  *
  * Events:
  * - `confirmed` (n: number, counted: number): n more stanzas, the oldest held, reached the
@@ -126,7 +128,14 @@ export class Custody extends EventEmitter {
     if (!link || this.#barrierOut || this.#sent === 0) return;
     this.#barrierOut = true;
     const covered = this.#sent;
-    const ok = await link.ping(this.#timeoutMs);
+    // The server's own acks when it has them and they hold; else, or once they fail, a ping.
+    const sm = link.sm?.state === 'enabled' ? await link.sm.confirmAll(this.#timeoutMs) : 'broken';
+    let ok = sm === 'confirmed';
+    if (!ok && link === this.#link) {
+      ok = await link.ping(this.#timeoutMs);
+      // The server answers pings but not <r/>: its SM went quiet (Openfire past its limit).
+      if (ok && sm === 'timeout') link.sm?.abandon(`no <a/> within ${this.#timeoutMs} ms while the server answers pings`);
+    }
     if (link !== this.#link) return; // detached meanwhile: the new link starts afresh
     this.#barrierOut = false;
     if (!ok) {

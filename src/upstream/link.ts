@@ -4,6 +4,7 @@ import * as tls from 'node:tls';
 import { escapeXML, type Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
 import { QUERY_PREFIX } from './gap-fill.ts';
+import { ServerSm } from './server-sm.ts';
 import { XmlStream } from '../xml/xml-stream.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
@@ -74,6 +75,7 @@ export class UpstreamLink extends EventEmitter {
   /** Count of writes; the keepalive timer pings when it has not moved for a period. */
   #writes = 0;
   #keepaliveTimer: NodeJS.Timeout | undefined;
+  #sm: ServerSm | undefined;
 
   private constructor(stream: XmlStream, options: UpstreamOptions, features: Element, credential: CachedCredential, secure: boolean) {
     super();
@@ -93,6 +95,7 @@ export class UpstreamLink extends EventEmitter {
     });
     stream.once('close', () => {
       clearInterval(this.#keepaliveTimer);
+      this.#sm?.stop();
       for (const settle of [...this.#ownIqs.values()]) settle(undefined);
       this.#ownIqs.clear();
       this.emit('close', this.#closeReason);
@@ -189,7 +192,23 @@ export class UpstreamLink extends EventEmitter {
   /** Sends serialized XML (a stanza or nonza) to the server. */
   send(xml: string): void {
     this.#writes++;
+    this.#sm?.countOut(xml);
     this.#stream.write(xml);
+  }
+
+  /** The server's stream management on this link, once {@link enableSm} asked for it. */
+  get sm(): ServerSm | undefined {
+    return this.#sm;
+  }
+
+  /**
+   * Enables the server's XEP-0198 acks (without resumption) when its features offer
+   * `urn:xmpp:sm:3`; call right after binding, before any other stanza (XEP-0198 §3).
+   * @returns the link's ServerSm, or undefined when the server does not offer SM.
+   */
+  enableSm(): ServerSm | undefined {
+    if (!this.#sm && this.features.getChild('sm', NS.sm)) this.#sm = new ServerSm((xml) => this.#stream.write(xml));
+    return this.#sm;
   }
 
   /**
@@ -265,6 +284,7 @@ export class UpstreamLink extends EventEmitter {
   }
 
   #onElement(el: TopLevel): void {
+    if (this.#sm?.take(el)) return;
     if (el.name === 'iq' && this.#ownIqs.size > 0 && (el.attrs.type === 'result' || el.attrs.type === 'error')) {
       const settle = this.#ownIqs.get(el.attrs.id);
       if (settle) return settle(el);

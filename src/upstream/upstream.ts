@@ -26,6 +26,8 @@ export interface UpstreamDeps {
   /** Runs `task` when a proxy-wide login slot is free, so an outage's reconnects are spread out. */
   throttle<T>(task: () => Promise<T>): Promise<T>;
   reconnect: ReconnectOptions;
+  /** Use the server's own XEP-0198 acks for custody when it offers them (design §4.4). */
+  serverAcks: boolean;
   log: Logger;
 }
 
@@ -65,6 +67,10 @@ export class Upstream extends EventEmitter {
   #lastArchiveId: string | undefined;
   #idsSinceDrop: Set<string> | undefined;
   #link: UpstreamLink | undefined;
+  /** The server's SM was found broken on an earlier link: barriers only from now on. */
+  #serverAcksBroken = false;
+  /** Elements of a new link held back while the gap is filled, so the client gets server order. */
+  #heldBack: TopLevel[] | undefined;
   #closed = false;
   #downSince = 0;
   /** Session state replayed on a new link (design §4.5). */
@@ -79,6 +85,7 @@ export class Upstream extends EventEmitter {
     this.#domain = fullJid.slice(fullJid.indexOf('@') + 1, fullJid.indexOf('/'));
     this.#fullJid = fullJid;
     this.#bareJid = fullJid.slice(0, fullJid.indexOf('/'));
+    this.#enableServerAcks(link);
     void hasArchive(link, this.#bareJid, deps.reconnect.requestTimeoutMs).then((yes) => {
       this.#archive = yes;
     });
@@ -132,9 +139,22 @@ export class Upstream extends EventEmitter {
     }
   }
 
+  /** XEP-0198 without resumption on a freshly bound link, unless off or found broken. */
+  #enableServerAcks(link: UpstreamLink): void {
+    if (!this.#deps.serverAcks || this.#serverAcksBroken) return;
+    link.enableSm()?.on('state', (state: string, reason?: string) => {
+      if (state !== 'broken') return this.#deps.log.debug(`upstream stream management ${state}`);
+      this.#serverAcksBroken = true;
+      this.#deps.log.warn(`upstream stream management unreliable (${reason}): custody falls back to ping barriers`);
+    });
+  }
+
   #use(link: UpstreamLink): void {
     this.#link = link;
-    link.on('element', (el: TopLevel) => this.#deliver(el));
+    link.on('element', (el: TopLevel) => {
+      if (this.#heldBack) this.#heldBack.push(el);
+      else this.#deliver(el);
+    });
     link.once('close', (reason: string) => {
       if (this.#link !== link) return;
       this.#link = undefined;
@@ -156,14 +176,22 @@ export class Upstream extends EventEmitter {
     this.emit('element', el);
   }
 
-  /** Design §4.5: what the server wrote to the dead link comes back from its archive. */
+  /**
+   * Design §4.5: what the server wrote to the dead link comes back from its archive. The new
+   * link's own traffic (offline messages, live ones) waits until then, so the client gets
+   * everything in the server's order, each archived message once.
+   */
   async #fillGap(link: UpstreamLink, downSince: number): Promise<void> {
     const n = await fillGap(
       link,
       { bareJid: this.#bareJid, fullJid: this.#fullJid, afterId: this.#lastArchiveId, startMs: downSince - 5000, timeoutMs: this.#deps.reconnect.requestTimeoutMs },
       (message, id) => this.#deliver(message, id),
     );
-    this.#idsSinceDrop = undefined;
+    const heldBack = this.#heldBack ?? [];
+    this.#heldBack = undefined;
+    for (const el of heldBack) this.#deliver(el);
+    // A link that dropped during the fill starts a new gap: keep the ids for the next fill.
+    if (link === this.#link) this.#idsSinceDrop = undefined;
     if (n > 0) this.#deps.log.info({ recovered: n }, 'messages of the upstream gap recovered from the archive');
   }
 
@@ -188,6 +216,8 @@ export class Upstream extends EventEmitter {
           throw new Error(`the server bound another resource (${jid})`);
         }
         if (this.#closed) return link.close(`<presence type='unavailable'/>`);
+        this.#enableServerAcks(link);
+        if (this.#archive) this.#heldBack ??= [];
         this.#replay(link);
         log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
         this.emit('up');

@@ -1,48 +1,15 @@
 import t from 'tap';
-import { xml } from '@xmpp/client';
 import type { Element } from 'ltx';
 import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, clientFor, waitFor, bodiesOf, ACCOUNTS, type TestProxy } from '../harness/proxy.ts';
+import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
+import { FAST_UPSTREAM, chatPair, count, sessionOf, sleep } from '../harness/chat.ts';
 import { TcpRelay } from '../harness/tcp-relay.ts';
 import { RawClient } from '../harness/raw-client.ts';
-import type { Session } from '../../src/session/session.ts';
-
-/** Fast failure detection and retries, so faults resolve within a test's patience. */
-const FAST = {
-  upstream: { keepaliveSeconds: 1, pingTimeoutSeconds: 2, reconnectDelayMs: 200, reconnectMaxDelaySeconds: 1, connectTimeoutSeconds: 3 },
-};
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function sessionOf(tp: TestProxy, fullJid: string): Session {
-  const s = [...tp.proxy.sessions].find((x) => x.fullJid === fullJid);
-  if (!s) throw new Error(`no session ${fullJid}`);
-  return s;
-}
-
-/** alice and bob on @xmpp/client through the proxy; `drops` counts client-side disconnects. */
-async function chatPair(tp: TestProxy) {
-  const alice = clientFor(tp, 'alice', 'alice-pw', { resource: 'a' });
-  const bob = clientFor(tp, 'bob', 'bob-pw', { resource: 'b' });
-  const drops = { n: 0 };
-  for (const c of [alice, bob]) c.on('disconnect', () => drops.n++);
-  const aliceGot = bodiesOf(alice);
-  const bobGot = bodiesOf(bob);
-  await alice.start();
-  await bob.start();
-  await alice.send(xml('presence'));
-  await bob.send(xml('presence'));
-  await waitFor(() => sessionOf(tp, 'alice@proxy.test/a').sm.enabled && sessionOf(tp, 'bob@proxy.test/b').sm.enabled, 'SM enabled');
-  const say = (from: typeof alice, to: string, body: string) => from.send(xml('message', { to, type: 'chat' }, xml('body', {}, body)));
-  return { alice, bob, aliceGot, bobGot, drops, say };
-}
-
-const count = (list: string[], body: string) => list.filter((b) => b === body).length;
 
 t.test('Prosody restarts while two clients chat: no client sees it, every message arrives once', async (t) => {
   const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
   t.teardown(() => prosody.stop());
-  const tp = await startTestProxy(prosody, FAST);
+  const tp = await startTestProxy(prosody, { upstream: FAST_UPSTREAM });
   t.teardown(() => tp.close());
   const { alice, bob, aliceGot, bobGot, drops, say } = await chatPair(tp);
   await say(alice, 'bob@proxy.test/b', 'before');
@@ -77,7 +44,7 @@ t.test('Prosody restarts while two clients chat: no client sees it, every messag
 t.test('a half-open upstream (Prosody stopped with SIGSTOP) is detected and replaced', async (t) => {
   const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
   t.teardown(() => prosody.stop());
-  const tp = await startTestProxy(prosody, FAST);
+  const tp = await startTestProxy(prosody, { upstream: FAST_UPSTREAM });
   t.teardown(() => tp.close());
   const { alice, bob, aliceGot, bobGot, drops, say } = await chatPair(tp);
   const session = sessionOf(tp, 'alice@proxy.test/a');
@@ -86,7 +53,7 @@ t.test('a half-open upstream (Prosody stopped with SIGSTOP) is detected and repl
   await say(alice, 'bob@proxy.test/b', 'into the void?');
   await waitFor(() => !session.upstreamLinked, 'the dead link is noticed', 10_000);
   const detectMs = Date.now() - stoppedAt;
-  t.ok(detectMs <= (FAST.upstream.keepaliveSeconds + FAST.upstream.pingTimeoutSeconds) * 1000 + 1500, `detected within the configured time (${detectMs} ms)`);
+  t.ok(detectMs <= (FAST_UPSTREAM.keepaliveSeconds + FAST_UPSTREAM.pingTimeoutSeconds) * 1000 + 1500, `detected within the configured time (${detectMs} ms)`);
   prosody.kill('SIGCONT');
   await waitFor(() => session.upstreamLinked, 'replaced by a new link', 20_000);
   await waitFor(() => bobGot.includes('into the void?'), 'the message sent into the half-open link arrives', 20_000);
@@ -102,7 +69,7 @@ t.test('a client hibernated when the upstream drops still resumes and gets every
   t.teardown(() => prosody.stop());
   const relay = await TcpRelay.start(prosody.c2sPort);
   t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST.upstream, port: relay.port } });
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
   t.teardown(() => tp.close());
   const { client: alice } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'phone' });
   alice.send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`);

@@ -57,8 +57,8 @@ export class TcpRelay {
   /** Resets every connection (both ends see the drop at once). */
   cutAll(): void {
     for (const { a, b } of [...this.#pairs]) {
-      a.resetAndDestroy();
-      b.resetAndDestroy();
+      reset(a);
+      reset(b);
     }
   }
 
@@ -77,4 +77,15 @@ export class TcpRelay {
     this.cutAll();
     await new Promise((resolve) => this.#server.close(resolve));
   }
+}
+
+/**
+ * RST when the socket can still send one; a plain destroy otherwise. Node's resetAndDestroy() on
+ * a socket already shut down for writing fails inside libuv (EINVAL) and leaves the handle open,
+ * which keeps the test process alive.
+ */
+function reset(s: net.Socket): void {
+  if (s.destroyed) return;
+  if (s.writableEnded || s.connecting) s.destroy();
+  else s.resetAndDestroy();
 }

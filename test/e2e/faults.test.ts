@@ -1,0 +1,91 @@
+/**
+ * Network faults on the upstream link (a TCP relay between proxy and Prosody that resets every
+ * connection at once) while @xmpp/client users chat through the proxy.
+ *
+ * Zero loss in the server-to-client direction needs the server to know what it lost: either its
+ * archive (MAM: the proxy fills the gap) or its own stream management (unacked messages go to
+ * offline storage when the link dies). Each scenario runs against both. A server with neither
+ * loses what it had written into the dead connection; that is not the proxy's to recover.
+ */
+import t from 'tap';
+import { xml } from '@xmpp/client';
+import { startProsody, type ProsodyOptions } from '../harness/prosody.ts';
+import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
+import { FAST_UPSTREAM, chatPair, sleep } from '../harness/chat.ts';
+import { TcpRelay } from '../harness/tcp-relay.ts';
+
+const VARIANTS: Array<{ name: string; prosody: ProsodyOptions }> = [
+  { name: 'Prosody with MAM, without SM', prosody: { mam: true } },
+  { name: 'Prosody with its own SM (used without resumption), without MAM', prosody: { smacks: true } },
+];
+
+async function setup(t: { teardown(fn: () => unknown): void }, prosodyOptions: ProsodyOptions) {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, ...prosodyOptions });
+  t.teardown(() => prosody.stop());
+  const relay = await TcpRelay.start(prosody.c2sPort);
+  t.teardown(() => relay.close());
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
+  t.teardown(() => tp.close());
+  return { relay, tp, ...(await chatPair(tp)) };
+}
+
+/** What of `want` is missing from `got`, for a failure message. */
+const missing = (want: string[], got: string[]) => want.filter((b) => !got.includes(b));
+
+for (const variant of VARIANTS) {
+  t.test(`${variant.name}: the upstream link is cut with 100 messages in flight`, async (t) => {
+    const { relay, alice, bob, bobGot, drops } = await setup(t, variant.prosody);
+    const bodies = Array.from({ length: 100 }, (_, i) => `m${i + 1}`);
+    // Straight into the socket, no awaiting: the cut lands while they are in flight.
+    for (const body of bodies) void alice.send(xmlMessage('bob@proxy.test/b', body));
+    await sleep(5);
+    relay.cutAll();
+    await waitFor(() => bodies.every((b) => bobGot.includes(b)), 'all 100 delivered', 30_000).catch(() => {});
+    t.same(missing(bodies, bobGot), [], 'none lost');
+    await sleep(500);
+    const duplicates = bobGot.length - new Set(bobGot).size;
+    t.comment(`duplicates after the cut: ${duplicates}`);
+    t.ok(duplicates <= 100, 'at most the unconfirmed ones are repeated');
+    t.same([...new Set(bobGot)], bodies, 'in order');
+    t.equal(drops.n, 0, 'no client saw the cut');
+    t.ok(relay.accepted >= 4, 'both links were re-established through the relay');
+    await alice.stop();
+    await bob.stop();
+  });
+
+  t.test(`${variant.name}: ten upstream drops in a row during a two-way message stream`, async (t) => {
+    const { relay, alice, bob, aliceGot, bobGot, drops, say } = await setup(t, variant.prosody);
+    let sent = 0;
+    let streaming = true;
+    const stream = (async () => {
+      while (streaming) {
+        sent++;
+        await say(alice, 'bob@proxy.test/b', `a${sent}`);
+        await say(bob, 'alice@proxy.test/a', `b${sent}`);
+        await sleep(20);
+      }
+    })();
+    for (let i = 0; i < 10; i++) {
+      await sleep(400);
+      relay.cutAll();
+    }
+    await sleep(300);
+    streaming = false;
+    await stream;
+    const want = (p: string) => Array.from({ length: sent }, (_, i) => `${p}${i + 1}`);
+    await waitFor(() => missing(want('a'), bobGot).length + missing(want('b'), aliceGot).length === 0, 'everything delivered', 30_000).catch(() => {});
+    t.same(missing(want('a'), bobGot), [], `none of ${sent} lost from alice to bob`);
+    t.same(missing(want('b'), aliceGot), [], `none of ${sent} lost from bob to alice`);
+    t.same([...new Set(bobGot)], want('a'), 'alice to bob in order');
+    t.same([...new Set(aliceGot)], want('b'), 'bob to alice in order');
+    t.comment(`duplicates: alice→bob ${bobGot.length - new Set(bobGot).size}, bob→alice ${aliceGot.length - new Set(aliceGot).size}`);
+    t.equal(drops.n, 0, 'no client saw any of the ten drops');
+    t.ok(relay.accepted >= 22, 'every drop was followed by new links');
+    await alice.stop();
+    await bob.stop();
+  });
+}
+
+function xmlMessage(to: string, body: string) {
+  return xml('message', { to, type: 'chat' }, xml('body', {}, body));
+}

@@ -1,0 +1,42 @@
+/**
+ * Two @xmpp/client users chatting through a test proxy, for the fault-injection tests.
+ */
+import { xml } from '@xmpp/client';
+import { clientFor, waitFor, bodiesOf, type TestProxy } from './proxy.ts';
+import type { Session } from '../../src/session/session.ts';
+
+/** Fast failure detection and retries, so faults resolve within a test's patience. */
+export const FAST_UPSTREAM = { keepaliveSeconds: 1, pingTimeoutSeconds: 2, reconnectDelayMs: 200, reconnectMaxDelaySeconds: 1, connectTimeoutSeconds: 3 };
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The proxy's session for `fullJid`; throws when there is none. */
+export function sessionOf(tp: TestProxy, fullJid: string): Session {
+  const s = [...tp.proxy.sessions].find((x) => x.fullJid === fullJid);
+  if (!s) throw new Error(`no session ${fullJid}`);
+  return s;
+}
+
+/** How often `body` occurs in `list`. */
+export const count = (list: string[], body: string) => list.filter((b) => b === body).length;
+
+/**
+ * alice (resource a) and bob (resource b) on @xmpp/client through the proxy, SM enabled and
+ * available. `aliceGot`/`bobGot` are the bodies each received (live arrays); `drops` counts
+ * client-side disconnects; `say` sends a chat message.
+ */
+export async function chatPair(tp: TestProxy) {
+  const alice = clientFor(tp, 'alice', 'alice-pw', { resource: 'a' });
+  const bob = clientFor(tp, 'bob', 'bob-pw', { resource: 'b' });
+  const drops = { n: 0 };
+  for (const c of [alice, bob]) c.on('disconnect', () => drops.n++);
+  const aliceGot = bodiesOf(alice);
+  const bobGot = bodiesOf(bob);
+  await alice.start();
+  await bob.start();
+  await alice.send(xml('presence'));
+  await bob.send(xml('presence'));
+  await waitFor(() => sessionOf(tp, 'alice@proxy.test/a').sm.enabled && sessionOf(tp, 'bob@proxy.test/b').sm.enabled, 'SM enabled');
+  const say = (from: typeof alice, to: string, body: string) => from.send(xml('message', { to, type: 'chat' }, xml('body', {}, body)));
+  return { alice, bob, aliceGot, bobGot, drops, say };
+}
