@@ -41,14 +41,16 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   /** Live sessions per bare JID (for the last-session rule of design §4.3). */
   const byAccount = new Map<string, Set<Session>>();
   const clients = new Set<ClientStream>();
-  const upstreamCa = config.upstream.caFile ? [fs.readFileSync(config.upstream.caFile, 'utf8')] : undefined;
+  const upstreamTrust = config.upstream.caFile
+    ? tls.createSecureContext({ ca: [...tls.rootCertificates, fs.readFileSync(config.upstream.caFile, 'utf8')] })
+    : undefined;
 
   const upstreamOptions = (domain: string): UpstreamOptions => ({
     host: config.upstream.host,
     port: config.upstream.port,
     domain,
     tls: config.upstream.tls,
-    ca: upstreamCa,
+    secureContext: upstreamTrust,
     acceptSelfSigned: config.upstream.acceptSelfSigned,
     timeoutMs: config.upstream.connectTimeoutSeconds * 1000,
     keepaliveMs: config.upstream.keepaliveSeconds * 1000,

@@ -40,10 +40,14 @@ export function archiveId(raw: string, bareJid: string): string | undefined {
   return undefined;
 }
 
-/** True when the account's archive answers queries (disco#info on the bare JID, XEP-0313 §6). */
-export async function hasArchive(link: UpstreamLink, bareJid: string, timeoutMs: number): Promise<boolean> {
+/**
+ * True when the account's archive answers queries (disco#info on the bare JID, XEP-0313 §6);
+ * undefined when the server did not answer (timeout or lost link: ask again on the next link).
+ */
+export async function hasArchive(link: UpstreamLink, bareJid: string, timeoutMs: number): Promise<boolean | undefined> {
   const answer = await link.request((id) => `<iq type='get' id='${id}' to='${bareJid}'><query xmlns='${NS_DISCO_INFO}'/></iq>`, timeoutMs);
-  return answer?.attrs.type === 'result' && answer.raw.includes(NS_MAM) &&
+  if (!answer) return undefined;
+  return answer.attrs.type === 'result' && answer.raw.includes(NS_MAM) &&
     answer.element().getChild('query')?.getChildren('feature').some((f) => f.attrs.var === NS_MAM) === true;
 }
 
@@ -51,13 +55,15 @@ export async function hasArchive(link: UpstreamLink, bareJid: string, timeoutMs:
  * Pages through the archive after `afterId` (or since `startMs` when no id is known) and calls
  * `deliver` with each archived message addressed to `fullJid` (or the bare JID) that did not
  * come from the account itself, as the server had sent it, plus its archive id.
- * Returns how many were delivered; stops quietly on an error or timeout.
+ * Resolves with how many were delivered and whether the fill is over: `complete` is false only
+ * when the server did not answer (timeout or lost link), so the caller can try again after
+ * the last id delivered. An error answer ends the fill (complete, nothing more to get).
  */
 export async function fillGap(
   link: UpstreamLink,
   opts: { bareJid: string; fullJid: string; afterId?: string; startMs: number; timeoutMs: number; maxPages?: number },
   deliver: (message: TopLevel, archivedId: string) => void,
-): Promise<number> {
+): Promise<{ delivered: number; complete: boolean }> {
   let after = opts.afterId;
   let delivered = 0;
   for (let page = 0; page < (opts.maxPages ?? 20); page++) {
@@ -78,7 +84,8 @@ export async function fillGap(
         `<field var='start'><value>${new Date(opts.startMs).toISOString()}</value></field></x><set xmlns='${NS_RSM}'><max>100</max></set>`;
     const fin = await link.request((id) => `<iq type='set' id='${id}'><query xmlns='${NS_MAM}' queryid='${queryId}'>${form}</query></iq>`, opts.timeoutMs);
     link.off('archive', collect);
-    if (fin?.attrs.type !== 'result') return delivered;
+    if (!fin) return { delivered, complete: false };
+    if (fin.attrs.type !== 'result') return { delivered, complete: true };
     for (const { message, id, stamp } of found) {
       const to = String(message.attrs.to ?? '');
       const from = String(message.attrs.from ?? '');
@@ -93,8 +100,8 @@ export async function fillGap(
     }
     const finEl = fin.element().getChild('fin', NS_MAM);
     const last = finEl?.getChild('set', NS_RSM)?.getChildText('last');
-    if (finEl?.attrs.complete === 'true' || !last || found.length === 0) return delivered;
+    if (finEl?.attrs.complete === 'true' || !last || found.length === 0) return { delivered, complete: true };
     after = last;
   }
-  return delivered;
+  return { delivered, complete: true };
 }

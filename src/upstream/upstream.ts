@@ -61,8 +61,8 @@ export class Upstream extends EventEmitter {
   readonly #domain: string;
   readonly #fullJid: string;
   readonly #bareJid: string;
-  /** The account's server archives messages (XEP-0313): gaps can be filled from it. */
-  #archive = false;
+  /** The account's server archives messages (XEP-0313): gaps can be filled from it (undefined: not known yet). */
+  #archive: boolean | undefined;
   /** Archive id of the last message handed to the session, and ids handed over since a drop. */
   #lastArchiveId: string | undefined;
   #idsSinceDrop: Set<string> | undefined;
@@ -86,15 +86,14 @@ export class Upstream extends EventEmitter {
     this.#fullJid = fullJid;
     this.#bareJid = fullJid.slice(0, fullJid.indexOf('/'));
     this.#enableServerAcks(link);
-    void hasArchive(link, this.#bareJid, deps.reconnect.requestTimeoutMs).then((yes) => {
-      this.#archive = yes;
-    });
+    void this.#checkArchive(link);
     this.features = link.features;
     this.credential = link.credential;
     this.custody = new Custody(deps.reconnect.requestTimeoutMs);
     this.custody.on('confirmed', (_n: number, counted: number) => this.emit('confirmed', counted));
     // An unanswered barrier: the link is half-open; replace it.
     this.custody.on('timeout', () => this.#link?.destroy());
+    link.on('element', this.#fromLink);
     this.#use(link);
     this.custody.attach(link);
   }
@@ -149,19 +148,21 @@ export class Upstream extends EventEmitter {
     });
   }
 
+  /** Every element of every link, from its bind on (the server routes to a bound resource at once). */
+  readonly #fromLink = (el: TopLevel): void => {
+    if (this.#heldBack) this.#heldBack.push(el);
+    else this.#deliver(el);
+  };
+
   #use(link: UpstreamLink): void {
     this.#link = link;
-    link.on('element', (el: TopLevel) => {
-      if (this.#heldBack) this.#heldBack.push(el);
-      else this.#deliver(el);
-    });
     link.once('close', (reason: string) => {
       if (this.#link !== link) return;
       this.#link = undefined;
       this.custody.detach();
       if (this.#closed) return;
       this.#downSince = Date.now();
-      if (this.#archive) this.#idsSinceDrop ??= new Set();
+      if (this.#archive !== false) this.#idsSinceDrop ??= new Set();
       this.emit('down', reason);
       void this.#reconnect();
     });
@@ -182,17 +183,17 @@ export class Upstream extends EventEmitter {
    * everything in the server's order, each archived message once.
    */
   async #fillGap(link: UpstreamLink, downSince: number): Promise<void> {
-    const n = await fillGap(
+    const { delivered, complete } = await fillGap(
       link,
       { bareJid: this.#bareJid, fullJid: this.#fullJid, afterId: this.#lastArchiveId, startMs: downSince - 5000, timeoutMs: this.#deps.reconnect.requestTimeoutMs },
       (message, id) => this.#deliver(message, id),
     );
-    const heldBack = this.#heldBack ?? [];
-    this.#heldBack = undefined;
-    for (const el of heldBack) this.#deliver(el);
-    // A link that dropped during the fill starts a new gap: keep the ids for the next fill.
+    if (delivered > 0) this.#deps.log.info({ recovered: delivered }, 'messages of the upstream gap recovered from the archive');
+    // The link dropped during the fill: what it held back stays held, and the next link's fill
+    // goes on from the last id delivered (releasing now would skip the rest of the gap).
+    if (!complete && link !== this.#link) return;
+    this.#releaseHeldBack();
     if (link === this.#link) this.#idsSinceDrop = undefined;
-    if (n > 0) this.#deps.log.info({ recovered: n }, 'messages of the upstream gap recovered from the archive');
   }
 
   async #reconnect(): Promise<void> {
@@ -207,6 +208,8 @@ export class Upstream extends EventEmitter {
       }
       try {
         const link = await this.#deps.throttle(() => this.#deps.open(this.credential, this.#domain));
+        if (this.#archive) this.#heldBack ??= [];
+        link.on('element', this.#fromLink);
         const jid = await link.bind(this.#resource, reconnect.requestTimeoutMs).catch((err: Error) => {
           link.destroy();
           throw err;
@@ -215,9 +218,13 @@ export class Upstream extends EventEmitter {
           link.close();
           throw new Error(`the server bound another resource (${jid})`);
         }
-        if (this.#closed) return link.close(`<presence type='unavailable'/>`);
         this.#enableServerAcks(link);
-        if (this.#archive) this.#heldBack ??= [];
+        if (this.#archive === undefined) await this.#checkArchive(link);
+        if (this.#closed) {
+          this.#releaseHeldBack();
+          return link.close(`<presence type='unavailable'/>`);
+        }
+        if (link.closed) throw new Error('the new link dropped during setup');
         this.#replay(link);
         log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
         this.emit('up');
@@ -243,9 +250,20 @@ export class Upstream extends EventEmitter {
     this.custody.attach(link);
   }
 
+  #releaseHeldBack(): void {
+    const heldBack = this.#heldBack ?? [];
+    this.#heldBack = undefined;
+    for (const el of heldBack) this.#deliver(el);
+  }
+
+  async #checkArchive(link: UpstreamLink): Promise<void> {
+    this.#archive ??= await hasArchive(link, this.#bareJid, this.#deps.reconnect.requestTimeoutMs);
+  }
+
   #giveUp(reason: string, refused: boolean): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#releaseHeldBack();
     this.#deps.log.warn(`giving up on the upstream: ${reason}`);
     this.emit('failed', reason, refused);
   }
