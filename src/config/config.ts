@@ -32,8 +32,10 @@ export interface Config {
     /** Give up connecting after this long (seconds). */
     connectTimeoutSeconds: number;
     /**
-     * A link with nothing sent for this long gets an XEP-0199 ping to the server (seconds), so a
-     * server-side idle disconnect (Openfire's) never ends a session, hibernated ones included.
+     * A link with nothing sent or nothing received for this long gets an XEP-0199 ping to the
+     * server (seconds): a half-open link is found within 2 × this + `pingTimeoutSeconds` at
+     * worst, and a server-side idle disconnect (Openfire's) never ends a session, hibernated
+     * ones included.
      */
     keepaliveSeconds: number;
     /** A ping (keepalive or custody barrier) unanswered for this long means the link is dead (seconds). */
@@ -103,8 +105,8 @@ export const DEFAULTS: Config = {
     tls: 'auto',
     acceptSelfSigned: false,
     connectTimeoutSeconds: 10,
-    keepaliveSeconds: 60,
-    pingTimeoutSeconds: 30,
+    keepaliveSeconds: 15,
+    pingTimeoutSeconds: 10,
     reconnectDelayMs: 500,
     reconnectMaxDelaySeconds: 30,
     reconnectGiveUpSeconds: 300,

@@ -77,6 +77,8 @@ export class UpstreamLink extends EventEmitter {
   #iqSeq = 0;
   /** Count of writes; the keepalive timer pings when it has not moved for a period. */
   #writes = 0;
+  /** Count of elements received (the keepalive's proof of life from the server). */
+  #reads = 0;
   #keepaliveTimer: NodeJS.Timeout | undefined;
   #sm: ServerSm | undefined;
 
@@ -104,10 +106,14 @@ export class UpstreamLink extends EventEmitter {
       this.emit('close', this.#closeReason);
     });
     if (options.keepaliveMs > 0) {
-      let seen = -1;
+      let written = -1;
+      let read = -1;
+      // Quiet either way for a period: nothing received proves nothing about a half-open link,
+      // and nothing sent looks idle to a server with an idle disconnect (Openfire).
       this.#keepaliveTimer = setInterval(() => {
-        if (this.#writes === seen) void this.#keepalive();
-        seen = this.#writes;
+        if (this.#writes === written || this.#reads === read) void this.#keepalive();
+        written = this.#writes;
+        read = this.#reads;
       }, options.keepaliveMs);
       this.#keepaliveTimer.unref();
     }
@@ -287,6 +293,7 @@ export class UpstreamLink extends EventEmitter {
   }
 
   #onElement(el: TopLevel): void {
+    this.#reads++;
     if (this.#sm?.take(el)) return;
     if (el.name === 'iq' && this.#ownIqs.size > 0 && (el.attrs.type === 'result' || el.attrs.type === 'error')) {
       const settle = this.#ownIqs.get(el.attrs.id);
