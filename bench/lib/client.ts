@@ -4,7 +4,8 @@
  * client at the protocol level and does nothing else, so that many of them fit in one process
  * next to the servers being measured:
  * - counts inbound stanzas (`h`) and answers every `<r/>` with `<a h/>` at once;
- * - sends its own `<r/>` after every `rEvery` stanzas it sends, and records the server's `<a/>`;
+ * - sends its own `<r/>` after every `rEvery` stanzas it sends, and records the server's `<a/>`
+ *   and how long each of those `<r/>` waited for an `<a h/>` covering it (`onAckLatency`);
  * - parses with ltx's SAX parser (no DOM) once negotiation is over: a message's body text is
  *   handed to `onMessage`, anything else is only counted.
  * Writes are coalesced per event-loop turn (one socket write / one TLS record per turn).
@@ -96,8 +97,10 @@ export class BenchClient {
   sent = 0;
   /** Last `h` the server acknowledged in an `<a/>`. */
   serverAcked = 0;
-  /** `<a/>` received from the server. */
+  /** `<a/>` received from the server (answers to our `<r/>` and unrequested ones alike). */
   acksReceived = 0;
+  /** Periodic `<r/>` sent (one per `rEvery` stanzas; not those of ackAll/confirmAllAcked). */
+  ackRequestsSent = 0;
   /** `<r/>` received from the server (each answered with an `<a/>`). */
   requestsAnswered = 0;
   /** Messages with a body received. */
@@ -110,6 +113,13 @@ export class BenchClient {
   resent = 0;
   /** Called with the body text of every inbound message (after negotiation). */
   onMessage: ((body: string) => void) | undefined;
+  /**
+   * Called once per periodic `<r/>` with its ack latency (ms): from the write that carried it
+   * to the first `<a h/>` with h >= the stanzas sent before it. Matched by h, not by order: a
+   * server may answer with a lower h (the proxy reports only what its upstream confirmed) and
+   * send an unrequested `<a/>` later.
+   */
+  onAckLatency: ((ms: number) => void) | undefined;
   readonly closed: Promise<void>;
 
   #socket: net.Socket;
@@ -128,6 +138,10 @@ export class BenchClient {
   #flushScheduled = false;
   #rEvery = 50;
   #ackWaiters: Array<() => void> = [];
+  /** Periodic `<r/>` not yet covered by an `<a h/>`, oldest first: stanzas sent before it, write time. */
+  #ackPending: Array<{ count: number; at: number }> = [];
+  /** How many of #ackPending's newest entries are still queued in #out (time set at the flush). */
+  #ackUnwritten = 0;
   #closedFlag = false;
   /** Resume only: stanzas expected after `<resumed/>` (-1: not resuming), and who waits for them. */
   #expect = -1;
@@ -273,7 +287,12 @@ export class BenchClient {
   sendMessage(to: string, id: string, body: string): void {
     let xml = `<message to='${to}' type='chat' id='${id}'><body>${body}</body></message>`;
     this.sent++;
-    if (this.smEnabled && this.sent % this.#rEvery === 0) xml += `<r xmlns='${NS_SM}'/>`;
+    if (this.smEnabled && this.sent % this.#rEvery === 0) {
+      xml += `<r xmlns='${NS_SM}'/>`;
+      this.ackRequestsSent++;
+      this.#ackPending.push({ count: this.sent % 2 ** 32, at: NaN });
+      this.#ackUnwritten++;
+    }
     this.send(xml);
   }
 
@@ -291,8 +310,27 @@ export class BenchClient {
     this.#flushScheduled = false;
     const out = this.#out;
     this.#out = '';
+    if (this.#ackUnwritten > 0) {
+      const now = performance.now();
+      const pending = this.#ackPending;
+      for (let i = pending.length - this.#ackUnwritten; i < pending.length; i++) pending[i]!.at = now;
+      this.#ackUnwritten = 0;
+    }
     if (out && !this.#closedFlag) this.#socket.write(out);
   };
+
+  /** An `<a h/>` arrived: every pending `<r/>` it covers gets its latency reported. */
+  #ackLatencies(h: number): void {
+    if (!Number.isInteger(h)) return;
+    const pending = this.#ackPending;
+    let n = 0;
+    // h covers count when h - count, mod 2^32, is in [0, 2^31).
+    while (n < pending.length && (h - pending[n]!.count) >>> 0 < 2 ** 31) n++;
+    if (n === 0) return;
+    const now = performance.now();
+    for (let i = 0; i < n; i++) this.onAckLatency?.(now - pending[i]!.at);
+    pending.splice(0, n);
+  }
 
   /**
    * SM only: sends `<r/>` and waits until the server has acknowledged every stanza sent.
@@ -477,6 +515,7 @@ export class BenchClient {
         if (this.#topAttrs.xmlns === NS_SM) {
           this.serverAcked = Number(this.#topAttrs.h);
           this.acksReceived++;
+          this.#ackLatencies(this.serverAcked);
           for (const w of this.#ackWaiters.splice(0)) w();
         }
         return;

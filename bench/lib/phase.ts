@@ -6,6 +6,10 @@
  *
  * A message is "delivered" when its receiver parses it; the receiver tells its sender through
  * shared memory (the Pair object), never over XMPP.
+ *
+ * With SM, each sender's periodic `<r/>` is timed until the server's `<a h/>` covers it (ack
+ * latency): Prosody's mod_smacks answering directly, or the proxy's custody ack, which counts a
+ * stanza only once the upstream server confirmed it.
  */
 import { BenchClient } from './client.ts';
 import { LatencyRecorder, type LatencySummary } from './stats.ts';
@@ -17,6 +21,8 @@ export interface PhaseSpec {
   /** Human label for the table. */
   label: string;
   target: 'direct' | 'proxy';
+  /** Proxy phases: how the proxy confirms custody upstream (`upstream.streamManagement` true / false). */
+  custody?: Custody;
   sm: boolean;
   mode: 'saturation' | 'paced';
   /** Paced mode: total messages per second over all pairs. */
@@ -37,10 +43,14 @@ export interface PhaseSpec {
   pacedMaxInFlight?: number;
 }
 
+/** The proxy's custody confirmation: the server's own XEP-0198 acks, or XEP-0199 ping barriers. */
+export type Custody = 'server-sm' | 'ping';
+
 export interface PhaseResult {
   name: string;
   label: string;
   target: 'direct' | 'proxy';
+  custody: Custody | null;
   sm: boolean;
   mode: 'saturation' | 'paced';
   pairs: number;
@@ -51,6 +61,11 @@ export interface PhaseResult {
   /** Delivered messages per second during the measured window. */
   rate: number;
   latencyMs: LatencySummary;
+  /**
+   * SM: senders' `<r/>` (every rEvery-th stanza) → the first `<a h/>` covering it, for acks that
+   * arrived in the window (count 0, NaN figures without SM).
+   */
+  ackMs: LatencySummary;
   cpu: CpuDelta;
   /** CPU µs per delivered message in the measured window. */
   usPerMsg: { proxy: number; prosody: number; bench: number };
@@ -67,6 +82,11 @@ export interface PhaseResult {
     sendersFullyAcked: number | null;
     /** Server `<r/>` received by receivers per 100 delivered messages (its ack-request rate). */
     serverAckRequestsPer100: number | null;
+    /**
+     * `<a/>` the senders received per periodic `<r/>` they sent, in the window: 1 when each is
+     * answered once with a covering h; more when the server also sends unrequested `<a/>`.
+     */
+    serverAcksPerClientRequest: number | null;
     errors: string[];
   };
 }
@@ -119,6 +139,7 @@ export async function runPhase(spec: PhaseSpec, log: (line: string) => void): Pr
   });
 
   const rec = new LatencyRecorder();
+  const ackRec = new LatencyRecorder();
   let recording = false;
   let sending = true;
   let delivered = 0;
@@ -139,7 +160,14 @@ export async function runPhase(spec: PhaseSpec, log: (line: string) => void): Pr
       delivered++;
       if (saturation && sending) while (pair.inFlight < window) pair.sendOne(now);
     };
+    pair.sender.onAckLatency = (ms: number): void => {
+      if (recording) ackRec.add(ms);
+    };
   }
+  const senderAcks = (): { requests: number; acks: number } => ({
+    requests: pairs.reduce((a, p) => a + p.sender.ackRequestsSent, 0),
+    acks: pairs.reduce((a, p) => a + p.sender.acksReceived, 0),
+  });
 
   // Start the traffic.
   let pacer: NodeJS.Timeout | undefined;
@@ -166,11 +194,14 @@ export async function runPhase(spec: PhaseSpec, log: (line: string) => void): Pr
   await sleep(spec.warmupMs);
   const before = cpuSnapshot(spec.pids.proxy, spec.pids.prosody);
   const deliveredBefore = delivered;
+  const acksBefore = senderAcks();
   rec.reset();
+  ackRec.reset();
   recording = true;
   await sleep(spec.measureMs);
   recording = false;
   const after = cpuSnapshot(spec.pids.proxy, spec.pids.prosody);
+  const acksAfter = senderAcks();
   const deliveredInWindow = delivered - deliveredBefore;
   sending = false;
   clearInterval(pacer);
@@ -204,6 +235,7 @@ export async function runPhase(spec: PhaseSpec, log: (line: string) => void): Pr
     name: spec.name,
     label: spec.label,
     target: spec.target,
+    custody: spec.custody ?? null,
     sm: spec.sm,
     mode: spec.mode,
     pairs: spec.pairs,
@@ -213,6 +245,7 @@ export async function runPhase(spec: PhaseSpec, log: (line: string) => void): Pr
     delivered: deliveredInWindow,
     rate: deliveredInWindow / (cpu.wallMs / 1000),
     latencyMs: rec.summary(),
+    ackMs: ackRec.summary(),
     cpu,
     usPerMsg: { proxy: per(cpu.proxyUs), prosody: per(cpu.prosodyUs), bench: per(cpu.benchUs) },
     syscallsPerMsg: {
@@ -229,11 +262,13 @@ export async function runPhase(spec: PhaseSpec, log: (line: string) => void): Pr
       outOfOrder,
       sendersFullyAcked,
       serverAckRequestsPer100: spec.sm ? (requests / Math.max(1, delivered)) * 100 : null,
+      serverAcksPerClientRequest: spec.sm ? (acksAfter.acks - acksBefore.acks) / Math.max(1, acksAfter.requests - acksBefore.requests) : null,
       errors,
     },
   };
   log(
     `  ${spec.label}: ${result.rate.toFixed(0)} msg/s, p50 ${result.latencyMs.p50.toFixed(2)} ms, p99 ${result.latencyMs.p99.toFixed(2)} ms` +
+      (spec.sm ? `, ack p50 ${result.ackMs.p50.toFixed(2)} ms, p99 ${result.ackMs.p99.toFixed(2)} ms` : '') +
       (errors.length ? `  ERRORS: ${errors.join('; ')}` : ''),
   );
   return result;

@@ -1,11 +1,13 @@
 /**
  * Runs the proxy as a child process (`node bin/xmpp-sm-proxy.js …`) so that its CPU time can be
- * read from /proc alone, apart from the benchmark's clients.
+ * read from /proc alone, apart from the benchmark's clients. Settings without a flag (such as
+ * `upstream.streamManagement`) go in a `--config` JSON file written to a temp dir.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { access } from 'node:fs/promises';
+import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 
 export interface ProxyProcessOptions {
@@ -25,12 +27,19 @@ export interface ProxyProcessOptions {
   /** Extra arguments for node before the script, e.g. `--cpu-prof`. */
   nodeArgs?: string[];
   logLevel?: string;
+  /**
+   * A config-file layer (a partial Config, the same keys as a `--config` file), e.g.
+   * `{ upstream: { streamManagement: false } }`. The flags above override it.
+   */
+  config?: Record<string, unknown>;
 }
 
 export interface ProxyProcess {
   pid: number;
   /** The full command line used (for the report). */
   command: string[];
+  /** The `--config` file's content (undefined without one); the file is removed by stop(). */
+  config: Record<string, unknown> | undefined;
   /** Last lines the proxy wrote (its log at the chosen level). */
   output(): string;
   /** SIGTERM, wait for exit (SIGKILL after 15 s: a CPU profile may take a moment to write). */
@@ -64,9 +73,16 @@ function tryConnect(port: number): Promise<boolean> {
 }
 
 export async function startProxyProcess(o: ProxyProcessOptions): Promise<ProxyProcess> {
+  const configDir = o.config ? await mkdtemp(path.join(os.tmpdir(), 'bench-proxy-config-')) : undefined;
+  const configFile = configDir ? path.join(configDir, 'config.json') : undefined;
+  if (configFile) await writeFile(configFile, JSON.stringify(o.config, null, 2) + '\n');
+  const removeConfig = async (): Promise<void> => {
+    if (configDir) await rm(configDir, { recursive: true, force: true });
+  };
   const args = [
     ...(o.nodeArgs ?? []),
     path.join(o.root, 'bin', 'xmpp-sm-proxy.js'),
+    ...(configFile ? ['--config', configFile] : []),
     '--domain', o.domain,
     '--upstream', `${o.upstreamHost}:${o.upstreamPort}`,
     '--upstream-tls', o.upstreamTls,
@@ -112,10 +128,14 @@ export async function startProxyProcess(o: ProxyProcessOptions): Promise<ProxyPr
 
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (exit) throw new Error(`proxy exited during startup (code ${exit.code}, signal ${exit.signal}):\n${output}`);
+    if (exit) {
+      await removeConfig();
+      throw new Error(`proxy exited during startup (code ${exit.code}, signal ${exit.signal}):\n${output}`);
+    }
     if (await tryConnect(o.listenPort)) break;
     if (Date.now() > deadline) {
       kill('SIGKILL');
+      await removeConfig();
       throw new Error(`proxy did not listen on 127.0.0.1:${o.listenPort} within 60 s:\n${output}`);
     }
     await new Promise((r) => setTimeout(r, 100));
@@ -124,13 +144,17 @@ export async function startProxyProcess(o: ProxyProcessOptions): Promise<ProxyPr
   return {
     pid: child.pid!,
     command: [process.execPath, ...args],
+    config: o.config,
     output: () => output,
     async stop() {
-      if (exit) return exit;
-      kill('SIGTERM');
-      const t = setTimeout(() => kill('SIGKILL'), 15_000);
-      const r = await exited;
-      clearTimeout(t);
+      let r = exit;
+      if (!r) {
+        kill('SIGTERM');
+        const t = setTimeout(() => kill('SIGKILL'), 15_000);
+        r = await exited;
+        clearTimeout(t);
+      }
+      await removeConfig();
       return r;
     },
   };
