@@ -83,9 +83,11 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     secureContext,
     limits: config.limits,
     log,
-    login: (cred, domain) => UpstreamLink.open(upstreamOptions(domain), cred),
+    login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)),
     async verifyCached(cred, bareJid) {
-      const session = byAccount.get(bareJid)?.values().next().value;
+      // A credential the server accepted long ago may have changed since: log in for real then.
+      const fresh = Date.now() - config.upstream.credentialCacheSeconds * 1000;
+      const session = [...(byAccount.get(bareJid) ?? [])].find((s) => s.credentialAcceptedAt >= fresh);
       if (!session || !(await session.verifyPassword(cred.password))) return undefined;
       return session.upstreamFeatures;
     },
@@ -112,7 +114,12 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
         client.log.info('resume failed: unknown session');
         return;
       }
-      void session.resume(client, el).then((ok) => ok && client.closeSpareLink());
+      void session.resume(client, el).then((ok) => {
+        if (!ok) return;
+        // Logged in for real (no cache, or a stale one): the session keeps the fresher credential.
+        const fresh = client.closeSpareLink();
+        if (fresh) session.renewCredential(fresh);
+      });
     },
   };
 

@@ -10,7 +10,7 @@ import { StreamError } from '../xml/stream-error.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
 import { SaslFailure, type UpstreamLink } from '../upstream/link.ts';
-import type { PlainCredential } from '../upstream/sasl.ts';
+import type { CachedCredential, PlainCredential } from '../upstream/sasl.ts';
 
 /** What a client stream needs from the rest of the proxy, passed in by name. */
 export interface ClientStreamDeps {
@@ -129,11 +129,16 @@ export class ClientStream extends EventEmitter {
     this.#link?.off('close', this.#onLinkClose);
   }
 
-  /** After a resume the upstream link opened for this login is not needed: close it. */
-  closeSpareLink(): void {
-    this.#link?.close();
+  /**
+   * After a resume the upstream link opened for this login is not needed: closes it and returns
+   * its credential (undefined when the login was checked against the cache instead).
+   */
+  closeSpareLink(): CachedCredential | undefined {
+    const link = this.#link;
+    link?.close();
     this.#link = undefined;
     this.#pendingCred = undefined;
+    return link?.credential;
   }
 
   /** A resume failed or was refused: the stream stays in the post-auth state (XEP-0198 §5). */

@@ -53,6 +53,12 @@ export interface Config {
      * a server whose acks stop answering or count wrong falls back to ping barriers (design §4.4).
      */
     streamManagement: boolean;
+    /**
+     * A client's password is checked against a live session's cached credential, without a new
+     * upstream login, only while the server accepted that credential within this many seconds
+     * (seconds; 0: always log in). Bounds how long a changed password still resumes a session.
+     */
+    credentialCacheSeconds: number;
   };
   listen: {
     /** STARTTLS listeners (RFC 6120 §5); empty disables. Default 0.0.0.0:5222. */
@@ -112,6 +118,7 @@ export const DEFAULTS: Config = {
     reconnectGiveUpSeconds: 300,
     maxConcurrentLogins: 16,
     streamManagement: true,
+    credentialCacheSeconds: 60,
   },
   listen: {
     starttls: [{ host: '0.0.0.0', port: 5222 }],

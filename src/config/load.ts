@@ -231,6 +231,7 @@ const SCHEMA: Schema<Config> = {
     reconnectGiveUpSeconds: seconds(1),
     maxConcurrentLogins: atLeast(1),
     streamManagement: boolean,
+    credentialCacheSeconds: seconds(0),
   },
   listen: {
     starttls: listenList,

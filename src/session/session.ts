@@ -4,7 +4,7 @@ import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
 import type { ClientStream } from '../c2s/client-stream.ts';
 import type { UpstreamLink } from '../upstream/link.ts';
-import { verifyPassword } from '../upstream/sasl.ts';
+import { verifyPassword, type CachedCredential } from '../upstream/sasl.ts';
 import { Upstream, type UpstreamDeps } from '../upstream/upstream.ts';
 import { StreamManagement, type SmOptions } from '../sm/stream-management.ts';
 import type { SessionRegistry } from '../sm/registry.ts';
@@ -84,6 +84,16 @@ export class Session extends EventEmitter {
   /** True while the session's upstream link is up (false while it reconnects). */
   get upstreamLinked(): boolean {
     return this.#upstream.linked;
+  }
+
+  /** When the server last accepted this session's credential (ms since the epoch: its last login). */
+  get credentialAcceptedAt(): number {
+    return this.#upstream.credentialAcceptedAt;
+  }
+
+  /** A credential the server has just accepted for this account replaces the cached one. */
+  renewCredential(credential: CachedCredential): void {
+    this.#upstream.renewCredential(credential);
   }
 
   /** True when `password` matches the credential this session logged in with (constant time). */

@@ -10,11 +10,14 @@ import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
 import type { UpstreamTlsMode } from '../config/config.ts';
 import {
+  SaslFailure,
   chooseMechanism,
   startExchange,
   type CachedCredential,
   type PlainCredential,
 } from './sasl.ts';
+
+export { SaslFailure };
 
 /** Where and how to reach the upstream server. Times in milliseconds. */
 export interface UpstreamOptions {
@@ -38,13 +41,6 @@ export interface UpstreamOptions {
   limits: StreamLimits;
 }
 
-/** The upstream refused the login; `condition` is its RFC 6120 §6.5 SASL condition. */
-export class SaslFailure extends Error {
-  constructor(readonly condition: string, readonly text?: string) {
-    super(`upstream SASL failure: ${condition}${text ? ` (${text})` : ''}`);
-    this.name = 'SaslFailure';
-  }
-}
 
 /** The upstream could not be reached or broke the protocol (not a verdict on the credential). */
 export class UpstreamError extends Error {

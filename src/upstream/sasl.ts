@@ -46,6 +46,14 @@ export interface SaslExchange {
  * Starts an exchange for `mechanism` from a client's password or from a cached credential.
  * @throws Error when a cached credential is of another mechanism than `mechanism`.
  */
+/** The upstream refused the login; `condition` is its RFC 6120 §6.5 SASL condition. */
+export class SaslFailure extends Error {
+  constructor(readonly condition: string, readonly text?: string) {
+    super(`upstream SASL failure: ${condition}${text ? ` (${text})` : ''}`);
+    this.name = 'SaslFailure';
+  }
+}
+
 export function startExchange(mechanism: UpstreamMechanism, cred: PlainCredential | CachedCredential): SaslExchange {
   if (mechanism === 'PLAIN') {
     if ('mechanism' in cred && cred.mechanism !== 'PLAIN') throw new Error('cached SCRAM credential cannot do PLAIN');
@@ -61,8 +69,8 @@ export function startExchange(mechanism: UpstreamMechanism, cred: PlainCredentia
     throw new Error('cached PLAIN credential cannot do SCRAM');
   }
   const mech = new ScramSha1();
-  // The library reuses the keys when the server's salt equals the cached one; otherwise it would
-  // need the password, which a cached credential does not have: then the login fails cleanly.
+  // A cached credential holds keys for one salt and iteration count; the server changes them
+  // when the password changes (RFC 5802 §5.1), and the keys are then worthless.
   const libCred = 'mechanism' in cred
     ? { username: cred.username, salt: cred.salt, clientKey: cred.clientKey, serverKey: cred.serverKey }
     : { username: cred.username, password: cred.password };
@@ -71,6 +79,9 @@ export function startExchange(mechanism: UpstreamMechanism, cred: PlainCredentia
     initial: async () => mech.response(libCred) as string,
     challenge: async (data) => {
       mech.challenge(data);
+      if ('mechanism' in cred && (mech._iterationCount !== cred.iterations || !sameBytes(mech._salt ?? new Uint8Array(), cred.salt))) {
+        throw new SaslFailure('not-authorized', 'the account\'s credentials changed at the server');
+      }
       if (!('mechanism' in cred) && mech._salt && mech._iterationCount) {
         // RFC 5802 Hi() is PBKDF2-HMAC-SHA-1: Node's native one is ~100x faster than the
         // library's WebCrypto loop, and its result is reused through the library's cache path.

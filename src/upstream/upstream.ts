@@ -54,8 +54,8 @@ export class Upstream extends EventEmitter {
   readonly custody: Custody;
   /** The server's post-authentication features (from the first link). */
   readonly features: Element;
-  /** The credential for re-logins, in memory only (design §4.1.3). */
-  readonly credential: CachedCredential;
+  #credential: CachedCredential;
+  #credentialAcceptedAt = Date.now();
   readonly #deps: UpstreamDeps;
   readonly #resource: string;
   readonly #domain: string;
@@ -88,7 +88,7 @@ export class Upstream extends EventEmitter {
     this.#enableServerAcks(link);
     void this.#checkArchive(link);
     this.features = link.features;
-    this.credential = link.credential;
+    this.#credential = link.credential;
     this.custody = new Custody(deps.reconnect.requestTimeoutMs);
     this.custody.on('confirmed', (_n: number, counted: number) => this.emit('confirmed', counted));
     // An unanswered barrier: the link is half-open; replace it.
@@ -96,6 +96,22 @@ export class Upstream extends EventEmitter {
     link.on('element', this.#fromLink);
     this.#use(link);
     this.custody.attach(link);
+  }
+
+  /** The credential for re-logins, in memory only (design §4.1.3). */
+  get credential(): CachedCredential {
+    return this.#credential;
+  }
+
+  /** A credential the server has just accepted (a client's fresh login) replaces the cached one. */
+  renewCredential(credential: CachedCredential): void {
+    this.#credential = credential;
+    this.#credentialAcceptedAt = Date.now();
+  }
+
+  /** When the server last accepted the credential (ms since the epoch): the last login. */
+  get credentialAcceptedAt(): number {
+    return this.#credentialAcceptedAt;
   }
 
   /** True while a link is up. */
@@ -226,6 +242,7 @@ export class Upstream extends EventEmitter {
         }
         if (link.closed) throw new Error('the new link dropped during setup');
         this.#replay(link);
+        this.#credentialAcceptedAt = Date.now();
         log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
         this.emit('up');
         if (this.#archive) void this.#fillGap(link, this.#downSince);
