@@ -295,6 +295,9 @@ export class Session extends EventEmitter {
       if (outcome.action === 'hold') this.#deps.held.hold(this.bareJid, stanza);
       else if (outcome.action === 'bounce') this.#upstream.sendOwn(outcome.reply);
     }
+    if (counts.bounce > 0 && !this.#upstream.linked) {
+      this.log.warn({ bounce: counts.bounce }, 'error replies to the senders of unacked stanzas are lost: no upstream link');
+    }
     this.#upstream.close(`<presence type='unavailable'/>`);
     this.#client?.end();
     this.sm.close();
