@@ -36,6 +36,8 @@ const USAGE = `usage: npx tsx bench/reconnect.ts [options]
   --reconnect-max-delay S  upstream.reconnectMaxDelaySeconds (default 2)
   --max-logins M           upstream.maxConcurrentLogins (default ${DEFAULTS.upstream.maxConcurrentLogins}, the proxy's default)
   --mam                    Prosody with mod_mam: the proxy can fill gaps from the archive
+  --smacks                 Prosody with mod_smacks: the proxy uses its acks, and what Prosody wrote to a
+                           dead link goes to offline storage
   --quick                  smoke run: sessions 1,10, 2 rounds, 1 freeze round
   --out FILE               JSON output (default bench/results/reconnect-latest.json, reconnect-quick.json with --quick)
   -h, --help               this text
@@ -48,7 +50,7 @@ function options(argv: string[]) {
       sessions: { type: 'string' }, rounds: { type: 'string' }, 'freeze-rounds': { type: 'string' },
       'probe-ms': { type: 'string' }, 'round-timeout': { type: 'string' }, keepalive: { type: 'string' },
       'ping-timeout': { type: 'string' }, 'reconnect-delay-ms': { type: 'string' }, 'reconnect-max-delay': { type: 'string' },
-      'max-logins': { type: 'string' }, mam: { type: 'boolean' }, quick: { type: 'boolean' }, out: { type: 'string' },
+      'max-logins': { type: 'string' }, mam: { type: 'boolean' }, smacks: { type: 'boolean' }, quick: { type: 'boolean' }, out: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -79,6 +81,7 @@ function options(argv: string[]) {
       maxConcurrentLogins: int('max-logins', v['max-logins'], DEFAULTS.upstream.maxConcurrentLogins, 1),
     },
     mam: v.mam === true,
+    smacks: v.smacks === true,
     quick,
     out: v.out ?? path.join(ROOT, 'bench', 'results', quick ? 'reconnect-quick.json' : 'reconnect-latest.json'),
   };
@@ -297,8 +300,8 @@ async function main(): Promise<number> {
     `(±50 % jitter, doubling per failed try, at most ${u.reconnectMaxDelaySeconds} s), ${u.maxConcurrentLogins} upstream logins at once (proxy-wide)`;
   log(command);
   log(settings);
-  log(`starting Prosody (tls required${o.mam ? ', mod_mam' : ''}) with ${accounts.length} accounts`);
-  const prosody = await startProsody({ tls: 'required', accounts, mam: o.mam });
+  log(`starting Prosody (tls required${o.mam ? ', mod_mam' : ''}${o.smacks ? ', mod_smacks' : ''}) with ${accounts.length} accounts`);
+  const prosody = await startProsody({ tls: 'required', accounts, mam: o.mam, smacks: o.smacks });
   const relay = await TcpRelay.start(prosody.c2sPort);
   const runs: Array<Awaited<ReturnType<typeof run>>> = [];
   try {
@@ -337,7 +340,7 @@ async function main(): Promise<number> {
   const faults = runs.flatMap((r) => r.scenarios.map((sc) => [String(r.sessions), sc.name, String(sc.probesSent), String(sc.lostBeforeUp), String(sc.lostAfterUp)]));
   out.push(table(['sessions', 'fault', 'probes sent', 'lost: sent before upstream-up', 'lost: sent after'], faults));
   out.push('', '  Before upstream-up a probe is lost when Prosody writes it to the old link before it sees that link die');
-  out.push('  (a frozen one: until the proxy closes it); only a MAM archive lets the proxy recover those (--mam' + (o.mam ? ', on in this run).' : ').'));
+  out.push("  (a frozen one: until the proxy closes it); only the server's SM or a MAM archive lets the proxy recover those (--smacks, --mam" + (o.mam || o.smacks ? '; one is on in this run).' : ').'));
   out.push('  Probes sent after upstream-up go to the new link: every one should arrive.', '');
   out.push(table(
     ['sessions', 'login s', 'client disconnects', 'proxy: client lost / session ended', 'upstream downs / ups (expected)', 'duplicate probes', 'misrouted'],
