@@ -18,6 +18,7 @@ import { startTestProxy } from '../test/harness/proxy.ts';
 import { TcpRelay } from '../test/harness/tcp-relay.ts';
 import { DEFAULTS } from '../src/config/config.ts';
 import { BenchClient } from './lib/client.ts';
+import { intArg } from './lib/args.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DOMAIN = 'proxy.test';
@@ -59,26 +60,20 @@ function options(argv: string[]) {
     process.stdout.write(USAGE);
     process.exit(0);
   }
-  const int = (name: string, s: string | undefined, def: number, min: number): number => {
-    if (s === undefined) return def;
-    const n = Number(s);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min} (got ${JSON.stringify(s)})`);
-    return n;
-  };
   const quick = v.quick === true;
-  const sessions = (v.sessions ?? (quick ? '1,10' : '1,50,200')).split(',').map((s) => int('sessions', s.trim(), 1, 1));
+  const sessions = (v.sessions ?? (quick ? '1,10' : '1,50,200')).split(',').map((s) => intArg('sessions', s.trim(), 1, 1));
   return {
     sessions,
-    rounds: int('rounds', v.rounds, quick ? 2 : 5, 0),
-    freezeRounds: int('freeze-rounds', v['freeze-rounds'], quick ? 1 : 3, 0),
-    probeMs: int('probe-ms', v['probe-ms'], 500, 10),
-    roundTimeoutMs: int('round-timeout', v['round-timeout'], 30, 1) * 1000,
+    rounds: intArg('rounds', v.rounds, quick ? 2 : 5, 0),
+    freezeRounds: intArg('freeze-rounds', v['freeze-rounds'], quick ? 1 : 3, 0),
+    probeMs: intArg('probe-ms', v['probe-ms'], 500, 10),
+    roundTimeoutMs: intArg('round-timeout', v['round-timeout'], 30, 1) * 1000,
     upstream: {
-      keepaliveSeconds: int('keepalive', v.keepalive, 1, 1),
-      pingTimeoutSeconds: int('ping-timeout', v['ping-timeout'], 2, 1),
-      reconnectDelayMs: int('reconnect-delay-ms', v['reconnect-delay-ms'], 200, 0),
-      reconnectMaxDelaySeconds: int('reconnect-max-delay', v['reconnect-max-delay'], 2, 1),
-      maxConcurrentLogins: int('max-logins', v['max-logins'], DEFAULTS.upstream.maxConcurrentLogins, 1),
+      keepaliveSeconds: intArg('keepalive', v.keepalive, 1, 1),
+      pingTimeoutSeconds: intArg('ping-timeout', v['ping-timeout'], 2, 1),
+      reconnectDelayMs: intArg('reconnect-delay-ms', v['reconnect-delay-ms'], 200, 0),
+      reconnectMaxDelaySeconds: intArg('reconnect-max-delay', v['reconnect-max-delay'], 2, 1),
+      maxConcurrentLogins: intArg('max-logins', v['max-logins'], DEFAULTS.upstream.maxConcurrentLogins, 1),
     },
     mam: v.mam === true,
     smacks: v.smacks === true,

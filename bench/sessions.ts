@@ -19,6 +19,7 @@ import { BenchClient } from './lib/client.ts';
 import { LatencyRecorder, type LatencySummary } from './lib/stats.ts';
 import { cpuDelta, cpuSnapshot, type CpuDelta, type CpuSnapshot } from './lib/proc.ts';
 import type { ProxyStats, ProxyStatsDetail } from './lib/sessions-proxy-child.ts';
+import { intArg } from './lib/args.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const RESULTS = path.join(ROOT, 'bench', 'results');
@@ -100,24 +101,18 @@ function options(argv: string[]): Options {
     process.stdout.write(USAGE);
     process.exit(0);
   }
-  const int = (name: string, v: string | undefined, def: number, min: number): number => {
-    if (v === undefined) return def;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min} (got ${JSON.stringify(v)})`);
-    return n;
-  };
   const quick = values.quick === true;
-  const sessions = int('sessions', values.sessions, quick ? 500 : 10_000, 1);
+  const sessions = intArg('sessions', values.sessions, quick ? 500 : 10_000, 1);
   return {
     sessions,
-    resumes: Math.min(sessions, int('resumes', values.resumes, quick ? 100 : 1000, 1)),
-    resumeBatch: int('resume-batch', values['resume-batch'], 200, 1),
-    loginConcurrency: int('login-concurrency', values['login-concurrency'], 50, 1),
-    queued: int('queued', values.queued, 100, 1),
-    bodyBytes: int('body-bytes', values['body-bytes'], 150, 16),
-    sendWindow: int('send-window', values['send-window'], 4000, 1),
-    hibernationSeconds: int('hibernation-seconds', values['hibernation-seconds'], 3600, 60),
-    liveSessions: values['live-sessions'] === undefined ? undefined : Math.min(sessions, int('live-sessions', values['live-sessions'], sessions, 1)),
+    resumes: Math.min(sessions, intArg('resumes', values.resumes, quick ? 100 : 1000, 1)),
+    resumeBatch: intArg('resume-batch', values['resume-batch'], 200, 1),
+    loginConcurrency: intArg('login-concurrency', values['login-concurrency'], 50, 1),
+    queued: intArg('queued', values.queued, 100, 1),
+    bodyBytes: intArg('body-bytes', values['body-bytes'], 150, 16),
+    sendWindow: intArg('send-window', values['send-window'], 4000, 1),
+    hibernationSeconds: intArg('hibernation-seconds', values['hibernation-seconds'], 3600, 60),
+    liveSessions: values['live-sessions'] === undefined ? undefined : Math.min(sessions, intArg('live-sessions', values['live-sessions'], sessions, 1)),
     heapSnapshots: values['heap-snapshots'] === true,
     quick,
     out: values.out ?? path.join(RESULTS, quick ? 'sessions-quick.json' : 'sessions-latest.json'),

@@ -25,6 +25,7 @@ import { runPhase, type Custody, type PhaseResult, type PhaseSpec } from './lib/
 import { startProxyProcess, type ProxyProcess } from './lib/proxy-process.ts';
 import { clockTicks } from './lib/proc.ts';
 import { formatSummary, summarizeProfile, type ProfileSummary } from './lib/cpuprofile.ts';
+import { numArg } from './lib/args.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const RESULTS = path.join(ROOT, 'bench', 'results');
@@ -112,12 +113,6 @@ function options(argv: string[]): Options {
     process.stdout.write(USAGE);
     process.exit(0);
   }
-  const num = (name: string, v: string | undefined, def: number, min: number): number => {
-    if (v === undefined) return def;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) throw new Error(`--${name} must be a number >= ${min} (got ${JSON.stringify(v)})`);
-    return n;
-  };
   const quick = values.quick === true;
   const upstreamTls = values['upstream-tls'] ?? 'none';
   if (upstreamTls !== 'none' && upstreamTls !== 'auto') throw new Error(`--upstream-tls must be none or auto (got ${upstreamTls})`);
@@ -126,18 +121,18 @@ function options(argv: string[]): Options {
   const unknown = custody.filter((c) => !known.includes(c));
   if (unknown.length || custody.length === 0) throw new Error(`--custody takes ${known.join(', ')} (got ${JSON.stringify(values.custody)})`);
   return {
-    pairs: Math.floor(num('pairs', values.pairs, quick ? 2 : 8, 1)),
-    window: Math.floor(num('window', values.window, 16, 1)),
-    seconds: num('seconds', values.seconds, quick ? 1 : 10, 0.1),
-    warmup: num('warmup', values.warmup, quick ? 0.5 : 2, 0),
+    pairs: Math.floor(numArg('pairs', values.pairs, quick ? 2 : 8, 1)),
+    window: Math.floor(numArg('window', values.window, 16, 1)),
+    seconds: numArg('seconds', values.seconds, quick ? 1 : 10, 0.1),
+    warmup: numArg('warmup', values.warmup, quick ? 0.5 : 2, 0),
     upstreamTls,
-    pacedFraction: num('paced-fraction', values['paced-fraction'], 0.2, 0.001),
-    pacedRate: values['paced-rate'] === undefined ? undefined : num('paced-rate', values['paced-rate'], 0, 1),
+    pacedFraction: numArg('paced-fraction', values['paced-fraction'], 0.2, 0.001),
+    pacedRate: values['paced-rate'] === undefined ? undefined : numArg('paced-rate', values['paced-rate'], 0, 1),
     custody: [...new Set(custody as Custody[])],
     profile: values.profile === true,
     prosodyNoDelay: values['prosody-nodelay'] === true,
     proxyLogLevel: values['proxy-log-level'] ?? 'warn',
-    rEvery: Math.floor(num('client-r-every', values['client-r-every'], 50, 1)),
+    rEvery: Math.floor(numArg('client-r-every', values['client-r-every'], 50, 1)),
     quick,
     check: values.check === true,
     out: values.out ?? path.join(RESULTS, quick ? 'quick.json' : 'latest.json'),
