@@ -133,8 +133,9 @@ export class Custody extends EventEmitter {
     let ok = sm === 'confirmed';
     if (!ok && link === this.#link) {
       ok = await link.ping(this.#timeoutMs);
-      // The server answers pings but not <r/>: its SM went quiet (Openfire past its limit).
-      if (ok && sm === 'timeout') link.sm?.abandon(`no <a/> within ${this.#timeoutMs} ms while the server answers pings`);
+      // The server answered a ping sent after the <r/>, but not the <r/>: its SM went quiet
+      // (Openfire past its limit). In-order processing means a slow server would have answered both.
+      if (ok && sm === 'timeout' && link.sm?.quiet) link.sm.abandon(`no <a/> within ${this.#timeoutMs} ms while the server answers pings`);
     }
     if (link !== this.#link) return; // detached meanwhile: the new link starts afresh
     this.#barrierOut = false;

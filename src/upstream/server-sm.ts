@@ -38,6 +38,8 @@ export class ServerSm extends EventEmitter {
   #inbound = 0;
   /** The outstanding `<r/>`: the `h` it must be answered with, and its resolver. */
   #waiting: { expected: number; resolve: (outcome: 'confirmed' | 'broken' | 'timeout') => void; timer: NodeJS.Timeout } | undefined;
+  /** The `h` a timed-out `<r/>` still awaits (a slow server may answer it late). */
+  #late: number | undefined;
   readonly #write: (xml: string) => void;
 
   /** Sends `<enable/>` (XEP-0198 §3, no resumption) through `write`. */
@@ -109,6 +111,11 @@ export class ServerSm extends EventEmitter {
     this.#set('broken', reason);
   }
 
+  /** True while an `<r/>` that timed out is still unanswered: with pings answered, SM went quiet. */
+  get quiet(): boolean {
+    return this.#late !== undefined;
+  }
+
   /** The link is gone: a pending confirmAll() resolves `timeout`, blaming nobody. */
   stop(): void {
     this.#settle('timeout');
@@ -116,7 +123,14 @@ export class ServerSm extends EventEmitter {
 
   #onAck(value: string | undefined): void {
     const waiting = this.#waiting;
-    if (!waiting) return; // unsolicited: we only trust answers to our own <r/>
+    if (!waiting) {
+      // Only answers to our own <r/> count; a late one clears the suspicion or proves it wrong.
+      if (this.#late === undefined) return;
+      const late = this.#late;
+      this.#late = undefined;
+      if (parseH(value) !== late) this.abandon(`the server acked h=${value} where ${late} stanzas were sent`);
+      return;
+    }
     const h = parseH(value);
     if (h === undefined || diffH(h, waiting.expected) !== 0) {
       return this.abandon(`the server acked h=${value} where ${waiting.expected} stanzas were sent`);
@@ -129,6 +143,7 @@ export class ServerSm extends EventEmitter {
     if (!waiting) return;
     this.#waiting = undefined;
     clearTimeout(waiting.timer);
+    this.#late = outcome === 'timeout' ? waiting.expected : undefined;
     waiting.resolve(outcome);
   }
 

@@ -12,7 +12,8 @@ import { UpstreamLink } from '../../src/upstream/link.ts';
 import { Custody } from '../../src/upstream/custody.ts';
 import { isStanzaText } from '../../src/upstream/server-sm.ts';
 
-type SmBehaviour = 'correct' | 'quiet' | 'reset';
+/** `slow`: answers correctly and in order, but stalls once (a GC pause) past the custody timeout for `<r/>`. */
+type SmBehaviour = 'correct' | 'quiet' | 'reset' | 'slow';
 
 /** A scripted server: logs anyone in, binds, offers and enables SM, then answers per `behaviour`. */
 async function fakeUpstream(behaviour: SmBehaviour, offerSm = true) {
@@ -22,6 +23,12 @@ async function fakeUpstream(behaviour: SmBehaviour, offerSm = true) {
     let handled = 0; // stanzas since <enable/>
     let enabled = false;
     let streams = 0;
+    // Answers go out in order; while stalled they wait, then leave together.
+    let stallUntil = 0;
+    let queue = Promise.resolve();
+    const answer = (xml: string) => {
+      queue = queue.then(() => new Promise((r) => setTimeout(r, Math.max(0, stallUntil - Date.now())))).then(() => void socket.write(xml));
+    };
     socket.on('data', (chunk) => {
       buf += chunk.toString();
       for (;;) {
@@ -45,8 +52,9 @@ async function fakeUpstream(behaviour: SmBehaviour, offerSm = true) {
           enabled = true;
           socket.write(`<enabled xmlns='urn:xmpp:sm:3'/>`);
         } else if (xml.startsWith('<r')) {
+          if (behaviour === 'slow' && seen.r === 0) stallUntil = Date.now() + 450;
           seen.r++;
-          if (behaviour === 'correct') socket.write(`<a xmlns='urn:xmpp:sm:3' h='${handled}'/>`);
+          if (behaviour === 'correct' || behaviour === 'slow') answer(`<a xmlns='urn:xmpp:sm:3' h='${handled}'/>`);
           if (behaviour === 'reset') socket.write(`<a xmlns='urn:xmpp:sm:3' h='0'/>`);
         } else if (isStanzaText(xml)) {
           if (enabled) handled++;
@@ -54,7 +62,7 @@ async function fakeUpstream(behaviour: SmBehaviour, offerSm = true) {
           if (xml.includes('urn:ietf:params:xml:ns:xmpp-bind')) socket.write(`<iq type='result' id='${id}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>u@fake.test/r</jid></bind></iq>`);
           else if (xml.includes('urn:xmpp:ping')) {
             seen.pings++;
-            socket.write(`<iq type='result' id='${id}' from='fake.test'/>`);
+            answer(`<iq type='result' id='${id}' from='fake.test'/>`);
           } else seen.stanzas++;
         }
       }
@@ -84,7 +92,7 @@ const settle = (custody: Custody, n: number) =>
     });
   });
 
-for (const behaviour of ['correct', 'quiet', 'reset'] as const) {
+for (const behaviour of ['correct', 'slow', 'quiet', 'reset'] as const) {
   t.test(`server SM that is ${behaviour}: every stanza confirmed exactly once`, async (t) => {
     const upstream = await fakeUpstream(behaviour);
     t.teardown(upstream.close);
@@ -109,6 +117,9 @@ for (const behaviour of ['correct', 'quiet', 'reset'] as const) {
       t.same(states, ['enabled'], 'SM trusted throughout');
       t.ok(upstream.seen.r >= 1, 'confirmed by <r/>');
       t.equal(upstream.seen.pings, 0, 'no ping barrier needed');
+    } else if (behaviour === 'slow') {
+      t.same(states, ['enabled'], 'a late but right <a/> is not taken for broken SM');
+      t.ok(upstream.seen.pings >= 1, 'the timeout still sent a ping barrier');
     } else {
       t.same(states, ['enabled', 'broken'], 'SM found unreliable');
       t.ok(upstream.seen.pings >= 1, 'the ping barrier took over');
