@@ -226,7 +226,13 @@ export class Upstream extends EventEmitter {
         const link = await this.#deps.throttle(() => this.#deps.open(this.credential, this.#domain));
         if (this.#archive) this.#heldBack ??= [];
         link.on('element', this.#fromLink);
-        const jid = await link.bind(this.#resource, reconnect.requestTimeoutMs).catch((err: Error) => {
+        const binding = link.bind(this.#resource, reconnect.requestTimeoutMs);
+        // Pipelined behind the bind (RFC 6120 §10.1: handled in order, in one read): nothing
+        // routed to the new resource can come between its bind and its presence, so what
+        // offline storage releases on that presence keeps its place before the live traffic.
+        this.#enableServerAcks(link);
+        this.#sendState(link);
+        const jid = await binding.catch((err: Error) => {
           link.destroy();
           throw err;
         });
@@ -234,14 +240,14 @@ export class Upstream extends EventEmitter {
           link.close();
           throw new Error(`the server bound another resource (${jid})`);
         }
-        this.#enableServerAcks(link);
         if (this.#archive === undefined) await this.#checkArchive(link);
         if (this.#closed) {
           this.#releaseHeldBack();
           return link.close(`<presence type='unavailable'/>`);
         }
         if (link.closed) throw new Error('the new link dropped during setup');
-        this.#replay(link);
+        this.#use(link);
+        this.custody.attach(link); // design §4.5: the held client stanzas, in their order
         this.#credentialAcceptedAt = Date.now();
         log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
         this.emit('up');
@@ -255,16 +261,14 @@ export class Upstream extends EventEmitter {
     }
   }
 
-  /** Design §4.5: state first, then the held client stanzas in their original order. */
-  #replay(link: UpstreamLink): void {
+  /** Design §4.5: the session's state first (presence with caps, carbons, CSI). */
+  #sendState(link: UpstreamLink): void {
     if (this.#presence) link.send(this.#presence);
     if (this.#carbons) {
       const carbons = this.#carbons;
       void link.request((id) => `<iq type='set' id='${id}'>${carbons}</iq>`, this.#deps.reconnect.requestTimeoutMs);
     }
     if (this.#csi) link.send(this.#csi);
-    this.#use(link);
-    this.custody.attach(link);
   }
 
   #releaseHeldBack(): void {
