@@ -19,6 +19,9 @@ import {
 
 export { SaslFailure };
 
+/** Stream errors that, arriving while an `<r/>` is outstanding, mean the server's SM is gone. */
+const SM_REJECTED = new Set(['unsupported-stanza-type', 'bad-format', 'invalid-xml']);
+
 /** Where and how to reach the upstream server. Times in milliseconds. */
 export interface UpstreamOptions {
   host: string;
@@ -91,7 +94,7 @@ export class UpstreamLink extends EventEmitter {
       stream.destroy();
     });
     stream.on('end', () => {
-      this.#closeReason = 'upstream closed the stream';
+      if (this.#closeReason === 'closed') this.#closeReason = 'upstream closed the stream'; // keep a stream error's reason
       stream.end();
     });
     stream.once('close', () => {
@@ -302,6 +305,8 @@ export class UpstreamLink extends EventEmitter {
     if (el.name === 'stream:error') {
       const condition = el.element().getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';
       this.#closeReason = `upstream stream error: ${condition}`;
+      // A server whose SM turned itself off may reject the <r/> it no longer knows.
+      if (this.#sm?.awaiting && SM_REJECTED.has(condition)) this.#sm.abandon(`stream error ${condition} while an <r/> was outstanding`);
       this.#stream.end();
       return;
     }

@@ -111,6 +111,11 @@ export class ServerSm extends EventEmitter {
     this.#set('broken', reason);
   }
 
+  /** True while an `<r/>` awaits its `<a/>`. */
+  get awaiting(): boolean {
+    return this.#waiting !== undefined;
+  }
+
   /** True while an `<r/>` that timed out is still unanswered: with pings answered, SM went quiet. */
   get quiet(): boolean {
     return this.#late !== undefined;

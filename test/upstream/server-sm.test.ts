@@ -13,7 +13,7 @@ import { Custody } from '../../src/upstream/custody.ts';
 import { isStanzaText } from '../../src/upstream/server-sm.ts';
 
 /** `slow`: answers correctly and in order, but stalls once (a GC pause) past the custody timeout for `<r/>`. */
-type SmBehaviour = 'correct' | 'quiet' | 'reset' | 'slow';
+type SmBehaviour = 'correct' | 'quiet' | 'reset' | 'slow' | 'rejects';
 
 /** A scripted server: logs anyone in, binds, offers and enables SM, then answers per `behaviour`. */
 async function fakeUpstream(behaviour: SmBehaviour, offerSm = true) {
@@ -55,6 +55,9 @@ async function fakeUpstream(behaviour: SmBehaviour, offerSm = true) {
           if (behaviour === 'slow' && seen.r === 0) stallUntil = Date.now() + 450;
           seen.r++;
           if (behaviour === 'correct' || behaviour === 'slow') answer(`<a xmlns='urn:xmpp:sm:3' h='${handled}'/>`);
+          if (behaviour === 'rejects') {
+            socket.end(`<stream:error><unsupported-stanza-type xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>`);
+          }
           if (behaviour === 'reset') socket.write(`<a xmlns='urn:xmpp:sm:3' h='0'/>`);
         } else if (isStanzaText(xml)) {
           if (enabled) handled++;
@@ -127,6 +130,23 @@ for (const behaviour of ['correct', 'slow', 'quiet', 'reset'] as const) {
     }
   });
 }
+
+t.test('a server that rejects <r/> with a stream error: SM marked broken, the stanzas stay in custody', async (t) => {
+  const upstream = await fakeUpstream('rejects');
+  t.teardown(upstream.close);
+  const link = await openLink(upstream.port);
+  t.teardown(() => link.destroy());
+  const sm = link.enableSm()!;
+  await new Promise((resolve) => sm.once('state', resolve));
+  const custody = new Custody(300);
+  custody.attach(link);
+  const closed = new Promise<string>((resolve) => link.once('close', resolve));
+  for (let i = 0; i < 5; i++) custody.push(`<message to='x@fake.test' id='m${i}'><body>${i}</body></message>`);
+  t.match(await closed, /unsupported-stanza-type/, 'the link closed on the stream error');
+  t.equal(sm.state, 'broken', 'its SM is not trusted again');
+  custody.detach();
+  t.equal(custody.pending, 5, 'all five still held for the next link');
+});
 
 t.test('a server without sm:3: no <enable/>, custody by ping barriers alone', async (t) => {
   const upstream = await fakeUpstream('correct', false);
