@@ -7,7 +7,6 @@
  * See the "sessions.ts" section of bench/README.md for what is measured and how.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, readdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -20,6 +19,7 @@ import { LatencyRecorder, type LatencySummary } from './lib/stats.ts';
 import { cpuDelta, cpuSnapshot, type CpuDelta, type CpuSnapshot } from './lib/proc.ts';
 import type { ProxyStats, ProxyStatsDetail } from './lib/sessions-proxy-child.ts';
 import { intArg } from './lib/args.ts';
+import { gitCommit, srcSha256 } from './lib/source-info.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const RESULTS = path.join(ROOT, 'bench', 'results');
@@ -170,34 +170,6 @@ function prosodyVersion(): string {
   } catch {
     return 'unknown';
   }
-}
-
-function gitCommit(): string {
-  try {
-    const head = readFileSync(path.join(ROOT, '.git', 'HEAD'), 'utf8').trim();
-    if (!head.startsWith('ref: ')) return head;
-    const ref = head.slice(5);
-    const loose = path.join(ROOT, '.git', ref);
-    if (existsSync(loose)) return readFileSync(loose, 'utf8').trim();
-    const packed = readFileSync(path.join(ROOT, '.git', 'packed-refs'), 'utf8');
-    return packed.split('\n').find((l) => l.endsWith(` ${ref}`))?.split(' ')[0] ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
-}
-
-/** A hash of src/ as the proxy child will load it (the working tree, committed or not). */
-function srcSha256(): string {
-  const hash = createHash('sha256');
-  const walk = (dir: string): void => {
-    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) hash.update(path.relative(ROOT, p)).update('\0').update(readFileSync(p)).update('\0');
-    }
-  };
-  walk(path.join(ROOT, 'src'));
-  return hash.digest('hex').slice(0, 16);
 }
 
 /** Resident set size of a process in bytes (/proc/PID/status VmRSS), NaN when unknown. */

@@ -13,8 +13,7 @@
  * See bench/README.md for what is measured and how.
  */
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,6 +25,7 @@ import { startProxyProcess, type ProxyProcess } from './lib/proxy-process.ts';
 import { clockTicks } from './lib/proc.ts';
 import { formatSummary, summarizeProfile, type ProfileSummary } from './lib/cpuprofile.ts';
 import { numArg } from './lib/args.ts';
+import { gitCommit, srcSha256 } from './lib/source-info.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const RESULTS = path.join(ROOT, 'bench', 'results');
@@ -152,35 +152,6 @@ function prosodyVersion(): string {
   }
 }
 
-/** Which proxy code ran: the checked-out commit (read from .git, no git command) and a hash of src/. */
-function sourceInfo(): { commit: string; srcSha256: string } {
-  let commit = 'unknown';
-  try {
-    const head = readFileSync(path.join(ROOT, '.git', 'HEAD'), 'utf8').trim();
-    if (head.startsWith('ref: ')) {
-      const ref = head.slice(5);
-      const loose = path.join(ROOT, '.git', ref);
-      if (existsSync(loose)) commit = readFileSync(loose, 'utf8').trim();
-      else {
-        const packed = readFileSync(path.join(ROOT, '.git', 'packed-refs'), 'utf8');
-        commit = packed.split('\n').find((l) => l.endsWith(` ${ref}`))?.split(' ')[0] ?? 'unknown';
-      }
-    } else commit = head;
-  } catch {
-    // not a git checkout
-  }
-  const hash = createHash('sha256');
-  const walk = (dir: string): void => {
-    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) hash.update(path.relative(ROOT, p)).update('\0').update(readFileSync(p)).update('\0');
-    }
-  };
-  walk(path.join(ROOT, 'src'));
-  return { commit, srcSha256: hash.digest('hex').slice(0, 16) };
-}
-
 const f = (x: number, digits = 0): string => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 const pct = (x: number): string => (Number.isFinite(x) ? `${(x * 100).toFixed(0)}%` : '-');
 
@@ -263,7 +234,7 @@ async function main(): Promise<number> {
   const o = options(process.argv.slice(2));
   const accountsNeeded = o.pairs * 2;
   log(`xmpp-sm-proxy benchmark: ${o.pairs} pairs, window ${o.window}, ${o.seconds} s measured after ${o.warmup} s warm-up per phase, upstream TLS ${o.upstreamTls}, custody ${o.custody.join(', ')}${o.quick ? ' (quick)' : ''}`);
-  const src = sourceInfo();
+  const src = { commit: gitCommit(), srcSha256: srcSha256() };
   log(`proxy source: commit ${src.commit.slice(0, 12)}, src/ sha256 ${src.srcSha256} (the working tree as the proxy children load it at start)`);
   log(`machine: ${os.cpus().length} cpus (${os.cpus()[0]?.model ?? '?'}), node ${process.version}, prosody ${prosodyVersion()}, CLK_TCK ${clockTicks()}`);
 
@@ -431,7 +402,7 @@ async function main(): Promise<number> {
       command: `npx tsx bench/throughput.ts ${process.argv.slice(2).join(' ')}`.trim(),
       machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, prosody: prosodyVersion(), clkTck: clockTicks() },
       options: { pairs: o.pairs, window: o.window, seconds: o.seconds, warmup: o.warmup, upstreamTls: o.upstreamTls, pacedRate, custody: o.custody, quick: o.quick, prosodyNoDelay: o.prosodyNoDelay, clientREvery: o.rEvery, proxyLogLevel: o.proxyLogLevel },
-      source: sourceInfo(),
+      source: { commit: gitCommit(), srcSha256: srcSha256() },
       proxies: proxyRuns.map((r) => ({
         custody: r.custody,
         config: r.config,
