@@ -4,6 +4,11 @@
  * (STARTTLS) and 127.0.0.1:5223 (direct TLS) with a generated self-signed certificate.
  * Two accounts, alice and bob, get random passwords that are printed. Ctrl-C stops both.
  *
+ * Ctrl-C, SIGTERM or SIGHUP stop the proxy, then Prosody, and remove Prosody's temp dir
+ * (printed in the banner), also when stdout is a pipe whose reader is gone (`| tee`, Ctrl-C);
+ * within 10 s whatever happens (src/process-guard.ts). A second signal, a crash or that deadline
+ * exit at once: the harness's 'exit' handler then kills Prosody and removes its dir.
+ *
  * Usage: npx tsx scripts/demo.ts [--domain demo.test] [--port 5222] [--tls-port 5223]
  * (`bash scripts/demo.sh` installs what is missing first, then runs this.)
  */
@@ -11,7 +16,8 @@ import { randomInt } from 'node:crypto';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { buildConfig, ConfigError } from '../src/config/load.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger, LineSink, stdoutSink } from '../src/log.ts';
+import { exitOnSignals, installCrashGuard } from '../src/process-guard.ts';
 import { startProxy, type Proxy } from '../src/proxy.ts';
 import { startProsody, type ProsodyInstance } from '../test/harness/prosody.ts';
 
@@ -26,8 +32,14 @@ Options:
   -h, --help          show this help
 `;
 
+// Text for the user goes through the same never-blocking, never-throwing sinks as the log lines:
+// with `| tee` and Ctrl-C, the reader of stdout (and maybe stderr) is gone while we still write.
+const stdout = stdoutSink();
+const stderr = new LineSink(process.stderr);
+const out = (text: string): void => stdout.write(text);
+
 function die(message: string): never {
-  process.stderr.write(`demo: ${message}\n`);
+  stderr.write(`demo: ${message}\n`);
   process.exit(2);
 }
 
@@ -107,16 +119,58 @@ const accounts = [
   { user: 'bob', password: password() },
 ];
 
-process.stdout.write(`demo: starting Prosody for ${domain} (the upstream) ...\n`);
-let prosody: ProsodyInstance;
+const log = createLogger('info');
+installCrashGuard(log);
+
+// Set before anything is started, so a signal during startup stops what has started so far
+// (and the harness's 'exit' handler removes a Prosody still starting).
+let prosody: ProsodyInstance | undefined;
+let proxy: Proxy | undefined;
+exitOnSignals({
+  log,
+  // SIGHUP: closing the terminal the demo runs in must clean up too.
+  signals: ['SIGINT', 'SIGTERM', 'SIGHUP'],
+  async stop(signal) {
+    out(`\ndemo: ${signal}: stopping the proxy, then Prosody ...\n`);
+    let code = 0;
+    if (proxy !== undefined) {
+      try {
+        // proxy.close() ends the sessions and client streams itself; a client that does not
+        // close its side is cut after a grace period. Prosody is stopped after at most 5 s anyway.
+        let timer: NodeJS.Timeout | undefined;
+        const timedOut = await Promise.race([
+          proxy.close().then(() => false),
+          new Promise<boolean>((resolve) => {
+            timer = setTimeout(() => resolve(true), 5000);
+          }),
+        ]);
+        clearTimeout(timer);
+        if (timedOut) stderr.write('demo: the proxy did not close within 5 s; going on\n');
+      } catch (err) {
+        stderr.write(`demo: error while stopping the proxy: ${(err as Error).message}\n`);
+        code = 1;
+      }
+    }
+    if (prosody !== undefined) {
+      try {
+        await prosody.stop(); // also removes its temp dir
+      } catch (err) {
+        stderr.write(`demo: error while stopping Prosody: ${(err as Error).message}\n`);
+        code = 1;
+      }
+    }
+    out('demo: stopped\n');
+    return code;
+  },
+});
+
+out(`demo: starting Prosody for ${domain} (the upstream) ...\n`);
 try {
   prosody = await startProsody({ domain, tls: 'required', smacks: false, accounts });
 } catch (err) {
   die(`could not start Prosody: ${(err as Error).message}`);
 }
 
-const log = createLogger('info');
-let proxy: Proxy;
 try {
   const config = buildConfig({
     domains: [domain],
@@ -129,47 +183,6 @@ try {
   await prosody.stop();
   die(`could not start the proxy: ${(err as Error).message}`);
 }
-
-let stopping = false;
-async function stop(signal: NodeJS.Signals): Promise<void> {
-  if (stopping) {
-    process.stderr.write(`demo: second ${signal}, exiting without waiting\n`);
-    process.exit(1); // the harness's exit handler still kills Prosody
-  }
-  stopping = true;
-  process.stdout.write(`\ndemo: ${signal}: stopping the proxy, then Prosody ...\n`);
-  let code = 0;
-  try {
-    // proxy.close() first waits for its listeners to close, which Node only reports once every
-    // accepted connection has ended, and only then ends the sessions: with clients connected it
-    // would wait for them to leave. Ending the sessions here closes their client streams, and
-    // the timeout covers clients still negotiating (no session yet).
-    const closed = proxy.close();
-    for (const session of [...proxy.sessions]) session.end('proxy shutting down');
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      closed.then(() => false),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(true), 5000);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) process.stderr.write('demo: some client connections did not close within 5 s; going on\n');
-  } catch (err) {
-    process.stderr.write(`demo: error while stopping the proxy: ${(err as Error).message}\n`);
-    code = 1;
-  }
-  try {
-    await prosody.stop();
-  } catch (err) {
-    process.stderr.write(`demo: error while stopping Prosody: ${(err as Error).message}\n`);
-    code = 1;
-  }
-  process.stdout.write('demo: stopped\n');
-  process.exit(code);
-}
-process.on('SIGINT', (s) => void stop(s));
-process.on('SIGTERM', (s) => void stop(s));
 
 const [alice, bob] = accounts as [(typeof accounts)[0], (typeof accounts)[0]];
 /** A one-line @xmpp/client program for `user` (run from the repository root). */
@@ -189,7 +202,7 @@ const aliceSends = oneLiner(
     `await x.send(xml('message',{to:'bob@${domain}',type:'chat'},xml('body',{},'hello bob')));await x.stop()});`,
 );
 
-process.stdout.write(`
+out(`
 ================================================================================
 xmpp-sm-proxy demo is running (Ctrl-C stops the proxy and Prosody)
 
@@ -197,6 +210,7 @@ xmpp-sm-proxy demo is running (Ctrl-C stops the proxy and Prosody)
   proxy, STARTTLS    127.0.0.1:${port}
   proxy, direct TLS  127.0.0.1:${tlsPort}   (XEP-0368)
   upstream           Prosody 0.12 on 127.0.0.1:${prosody.c2sPort} (STARTTLS required, no XEP-0198)
+  Prosody's files    ${prosody.dir}   (removed when the demo stops)
   accounts           alice@${domain}   password ${alice.password}
                      bob@${domain}     password ${bob.password}
 

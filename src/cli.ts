@@ -7,7 +7,8 @@
  * codes, the logger, starting the proxy and stopping it on SIGINT/SIGTERM.
  *
  * Exit codes: 0 (ran and stopped on a signal, `--print-config`, `--help`, `--version`);
- * 2 (configuration or usage error); 1 (the proxy failed to start or to close).
+ * 2 (configuration or usage error); 1 (the proxy failed to start, or to close within 10 s of the
+ * signal, or a second signal came first).
  */
 import { readFileSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -22,6 +23,7 @@ import {
   readConfigFile,
 } from './config/load.ts';
 import { createLogger } from './log.ts';
+import { exitOnSignals, installCrashGuard } from './process-guard.ts';
 
 /** Which flag sets which config key (used to name the flag in error messages). */
 export const FLAG_FOR_KEY: Readonly<Record<string, string>> = {
@@ -225,7 +227,9 @@ export function formatConfig(config: Config): string {
  * Runs the command. `argv` is `process.argv` (node, script, then the arguments).
  * Sets `process.exitCode` (2 on a configuration or usage error, after printing
  * `xmpp-sm-proxy: <message>` to stderr) instead of exiting, except after a signal: then it closes
- * the proxy and exits 0 (1 if closing failed; a second signal exits 1 at once).
+ * the proxy and exits 0 (1 if closing failed or took longer than SHUTDOWN_DEADLINE_MS, 10 s;
+ * a second signal exits 1 at once). Once the proxy runs, an uncaught exception or unhandled
+ * rejection is logged and does not end the process (see installCrashGuard).
  */
 export async function main(argv: string[]): Promise<void> {
   let cl: CommandLine;
@@ -248,6 +252,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = createLogger(cl.config.log.level);
+  installCrashGuard(log);
   let proxy: { close(): Promise<void> };
   try {
     const { startProxy } = await import('./proxy.ts');
@@ -257,27 +262,15 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      log.warn({ signal }, 'second signal, exiting without waiting');
-      process.exit(1);
-    }
-    stopping = true;
-    log.info({ signal }, 'stopping');
-    proxy.close().then(
-      () => {
-        log.info('stopped');
-        process.exit(0);
-      },
-      (err: unknown) => {
-        log.error({ err }, 'error while stopping');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  // Exits within SHUTDOWN_DEADLINE_MS whatever state the sessions and stdout are in.
+  exitOnSignals({
+    log,
+    stop: async () => {
+      await proxy.close();
+      log.info('stopped');
+      return 0;
+    },
+  });
 }
 
 function isEntryPoint(): boolean {

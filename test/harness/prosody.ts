@@ -7,7 +7,7 @@
  * state with each other or with a system-wide Prosody.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, rmSync } from 'node:fs';
 import { access, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -87,19 +87,31 @@ const OUTPUT_TAIL_BYTES = 64 * 1024;
  * stop() must not leave a server behind holding a port, so the 'exit' handler below kills them.
  */
 const live = new Set<ChildProcess>();
+/** Temp dirs of instances not stop()ped yet (the process may be gone): removed at exit too. */
+const liveDirs = new Set<string>();
 let exitHandlerInstalled = false;
 
 function installExitHandler(): void {
   if (exitHandlerInstalled) return;
   exitHandlerInstalled = true;
   // 'exit' handlers must be synchronous: a plain SIGKILL is all we can do here. SIGKILL also
-  // works on a SIGSTOPped process, which SIGTERM would not.
+  // works on a SIGSTOPped process, which SIGTERM would not. Then the temp dirs go, so a crash,
+  // process.exit() or a second Ctrl-C in the demo leaves no /tmp/prosody-harness-* behind
+  // (a SIGKILL of this process still does: nothing runs then, only pdeathsig stops Prosody).
   process.on('exit', () => {
     for (const child of live) {
       try {
         child.kill('SIGKILL');
       } catch {
         // already gone
+      }
+    }
+    for (const dir of liveDirs) {
+      try {
+        // maxRetries: a Prosody just SIGKILLed may not be gone yet (ENOTEMPTY/EBUSY are retried).
+        rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+      } catch {
+        // best effort: nothing can be done about it during exit
       }
     }
   });
@@ -440,6 +452,7 @@ class Instance implements ProsodyInstance {
     if (this.stopped) return;
     this.stopped = true;
     await rm(this.dir, { recursive: true, force: true });
+    liveDirs.delete(this.dir);
   }
 
   kill(signal: NodeJS.Signals): void {
@@ -473,6 +486,8 @@ export async function startProsody(opts: ProsodyOptions = {}): Promise<ProsodyIn
   const port = opts.c2sPort ?? (await freePort());
 
   const dir = await mkdtemp(path.join(os.tmpdir(), 'prosody-harness-'));
+  liveDirs.add(dir);
+  installExitHandler();
   try {
     await mkdir(path.join(dir, 'data'));
     await mkdir(path.join(dir, 'certs'));
@@ -518,6 +533,7 @@ export async function startProsody(opts: ProsodyOptions = {}): Promise<ProsodyIn
     return inst;
   } catch (err) {
     await rm(dir, { recursive: true, force: true });
+    liveDirs.delete(dir);
     throw err;
   }
 }
