@@ -13,6 +13,7 @@ import { SessionRegistry } from './sm/registry.ts';
 import { Session, failed, type SessionDeps } from './session/session.ts';
 import { HeldMessages } from './session/held-messages.ts';
 import { StreamError } from './xml/stream-error.ts';
+import { prepJid } from './jid.ts';
 
 /** A running proxy. */
 export interface Proxy {
@@ -63,6 +64,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     sm: config.sm,
     hibernationSeconds: config.sm.hibernationSeconds,
     held: new HeldMessages(config.sm.maxHeldMessages),
+    duplicateWindow: config.upstream.duplicateWindow,
     upstream: {
       open: (credential, domain) => UpstreamLink.open(upstreamOptions(domain), credential),
       throttle: (task) => logins.run(task),
@@ -88,11 +90,18 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       // A credential the server accepted long ago may have changed since: log in for real then.
       const fresh = Date.now() - config.upstream.credentialCacheSeconds * 1000;
       const session = [...(byAccount.get(bareJid) ?? [])].find((s) => s.credentialAcceptedAt >= fresh);
-      if (!session || !(await session.verifyPassword(cred.password))) return undefined;
+      if (!session?.verifyPassword(cred.password)) return undefined;
       return session.upstreamFeatures;
     },
-    bound(client, link, fullJid) {
-      const session = new Session(sessionDeps, client, link, fullJid);
+    takeover(bareJid, resource) {
+      const fullJid = prepJid(`${bareJid}/${resource}`);
+      const old = [...(byAccount.get(bareJid) ?? [])].find((s) => s.fullJid === fullJid);
+      if (!old) return undefined;
+      old.log.info('a new stream of this account binds the same resource: retiring this session');
+      return old.retire();
+    },
+    bound(client, link, fullJid, handover) {
+      const session = new Session(sessionDeps, client, link, fullJid, handover);
       sessions.add(session);
       const mine = byAccount.get(session.bareJid) ?? new Set<Session>();
       mine.add(session);
@@ -104,7 +113,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       });
       session.log.info('session started');
     },
-    resume(client: ClientStream, el: TopLevel) {
+    async resume(client: ClientStream, el: TopLevel) {
       const id = String(el.attrs.previd ?? '');
       const session = registry.get(id, client.bareJid!);
       if (!session) {
@@ -112,14 +121,13 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
         const old = registry.old(id, client.bareJid!);
         client.write(failed(old?.condition ?? 'item-not-found', old?.h));
         client.log.info('resume failed: unknown session');
-        return;
+        return false;
       }
-      void session.resume(client, el).then((ok) => {
-        if (!ok) return;
-        // Logged in for real (no cache, or a stale one): the session keeps the fresher credential.
-        const fresh = client.closeSpareLink();
-        if (fresh) session.renewCredential(fresh);
-      });
+      if (!(await session.resume(client, el))) return false;
+      // Logged in for real (no cache, or a stale one): the session keeps the fresher credential.
+      const fresh = client.closeSpareLink();
+      if (fresh) session.renewCredential(fresh);
+      return true;
     },
   };
 

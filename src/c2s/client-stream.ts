@@ -10,7 +10,9 @@ import { StreamError } from '../xml/stream-error.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
 import { SaslFailure, type UpstreamLink } from '../upstream/link.ts';
-import type { CachedCredential, PlainCredential } from '../upstream/sasl.ts';
+import type { PlainCredential } from '../upstream/sasl.ts';
+import type { Handover } from '../session/handover.ts';
+import { bareJidOf, prepLocalpart, prepDomain } from '../jid.ts';
 
 /** What a client stream needs from the rest of the proxy, passed in by name. */
 export interface ClientStreamDeps {
@@ -30,13 +32,24 @@ export interface ClientStreamDeps {
    * session's upstream post-auth features when it matches, undefined otherwise.
    */
   verifyCached(cred: PlainCredential, bareJid: string): Promise<Element | undefined>;
+  /**
+   * The client asks to bind `resource`: a live session of the same account holding it is
+   * retired (as the server would kick it) and what it held is handed over (design §4.3).
+   */
+  takeover(bareJid: string, resource: string): Handover | undefined;
   /** The upstream bound a resource: create the session (design §4.1.4). */
-  bound(client: ClientStream, link: UpstreamLink, fullJid: string): void;
-  /** `<resume/>` after SASL (XEP-0198 §5); the handler answers on `client`. */
-  resume(client: ClientStream, el: TopLevel): void;
+  bound(client: ClientStream, link: UpstreamLink, fullJid: string, handover: Handover | undefined): void;
+  /**
+   * `<resume/>` after SASL (XEP-0198 §5); the handler answers on `client`. Resolves true when
+   * a session took the stream over, false when the stream stays unbound (it may bind instead).
+   */
+  resume(client: ClientStream, el: TopLevel): Promise<boolean>;
 }
 
-type State = 'pre-tls' | 'sasl' | 'authenticating' | 'authenticated' | 'binding' | 'established' | 'closed';
+type State = 'pre-tls' | 'sasl' | 'authenticating' | 'authenticated' | 'resuming' | 'binding' | 'established' | 'closed';
+
+/** Elements a client may pipeline behind its `<resume/>` before the answer (XEP-0198 §5). */
+const MAX_PIPELINED = 100;
 
 /** SASL failures allowed before the stream is closed (RFC 6120 §6.4.5 lets the server limit retries). */
 const MAX_AUTH_ATTEMPTS = 3;
@@ -44,10 +57,10 @@ const MAX_AUTH_ATTEMPTS = 3;
 /**
  * One client's c2s stream from TCP accept to the end of negotiation (RFC 6120 §4–§7): stream
  * header checks, STARTTLS, SASL PLAIN (verified by logging in upstream), the post-auth features
- * and resource binding (relayed) or resumption. After that, a session owns it.
+ * and resource binding (relayed) or resumption. After that, one session owns it
+ * ({@link establish}): only that owner gets its elements, and none once the stream failed.
  *
  * Events:
- * - `element` (el: TopLevel): a top-level element after negotiation (for the session).
  * - `end` (): the client closed its stream cleanly (`</stream:stream>`).
  * - `close` (): the connection is gone (with or without a clean close before).
  */
@@ -65,8 +78,13 @@ export class ClientStream extends EventEmitter {
   #authAttempts = 0;
   /** Whether our header for the current stream (since the last restart) went out. */
   #headerSent = false;
-  #bindId: string | undefined;
-  /** The authenticated account, after SASL. */
+  /** Where established elements go: the owning session's handler (one owner at a time). */
+  #owner: ((el: TopLevel) => void) | undefined;
+  /** Elements pipelined behind a `<resume/>` awaiting its outcome. */
+  #pipelined: TopLevel[] = [];
+  /** A retired session's stanzas, until the bind that took its resource is answered. */
+  #handover: Handover | undefined;
+  /** The authenticated account (prepared bare JID, RFC 7622), after SASL. */
   bareJid: string | undefined;
 
   /** @param direct true for direct TLS (XEP-0368): the socket is already a TLSSocket. */
@@ -80,6 +98,7 @@ export class ClientStream extends EventEmitter {
     this.#stream.on('start', (attrs: Record<string, string>) => this.#onHeader(attrs));
     this.#stream.on('element', (el: TopLevel) => this.#onElement(el));
     this.#stream.on('streamError', (err: StreamError) => this.fail(err));
+    this.#stream.on('handlerError', (err: unknown) => this.internalError(err, 'handling a client element'));
     this.#stream.on('end', () => {
       this.emit('end');
       this.#stream.end();
@@ -111,6 +130,15 @@ export class ClientStream extends EventEmitter {
     this.#stream.fail(err);
   }
 
+  /**
+   * A bug of the proxy's met this stream: logged with its stack for the operator, and the
+   * stream alone ends with `internal-server-error` (no internal text reaches the client).
+   */
+  internalError(err: unknown, what: string): void {
+    this.log.error({ err }, `internal error ${what}`);
+    this.fail(new StreamError('internal-server-error'));
+  }
+
   /** Closes the stream cleanly. */
   end(): void {
     this.#stream.end();
@@ -121,29 +149,34 @@ export class ClientStream extends EventEmitter {
     this.#stream.destroy();
   }
 
-  /** The session has taken over: elements now go to `element` listeners. */
-  establish(): void {
+  /**
+   * A session has taken over: from now on every element goes to `owner` (and to nobody else)
+   * until {@link release}. Elements pipelined behind a `<resume/>` follow at once.
+   */
+  establish(owner: (el: TopLevel) => void): void {
     this.#state = 'established';
+    this.#owner = owner;
     // The session owns the link now; a listener left here would keep this stream (socket,
     // parser, logger: ~12 KB) alive for as long as the session hibernates.
     this.#link?.off('close', this.#onLinkClose);
   }
 
+  /** The session let go of this stream (it was replaced): its elements go nowhere any more. */
+  release(): void {
+    this.#owner = undefined;
+  }
+
   /**
    * After a resume the upstream link opened for this login is not needed: closes it and returns
-   * its credential (undefined when the login was checked against the cache instead).
+   * the password the server has just accepted (undefined when the login was checked against the
+   * cache instead).
    */
-  closeSpareLink(): CachedCredential | undefined {
+  closeSpareLink(): PlainCredential | undefined {
     const link = this.#link;
     link?.close();
     this.#link = undefined;
     this.#pendingCred = undefined;
     return link?.credential;
-  }
-
-  /** A resume failed or was refused: the stream stays in the post-auth state (XEP-0198 §5). */
-  get awaitingBind(): boolean {
-    return this.#state === 'authenticated';
   }
 
   #writeHeader(domain: string | undefined): void {
@@ -176,16 +209,22 @@ export class ClientStream extends EventEmitter {
   }
 
   #onElement(el: TopLevel): void {
+    // RFC 6120 §4.9.1.1: nothing from a stream we failed or closed is processed.
+    if (this.#stream.closed) return;
     switch (this.#state) {
       case 'established':
-        this.emit('element', el);
+        this.#owner?.(el);
+        return;
+      case 'resuming':
+        // One outcome at a time: a second <resume/> or a bind waits for the first answer.
+        if (this.#pipelined.push(el) > MAX_PIPELINED) this.fail(new StreamError('policy-violation', 'too much sent before the resume was answered'));
         return;
       case 'pre-tls':
-        if (el.is('starttls', NS.tls)) return void this.#startTls();
+        if (el.is('starttls', NS.tls)) return this.#own(this.#startTls(), 'during STARTTLS');
         // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here; nothing else before it.
         return this.fail(new StreamError('policy-violation', 'STARTTLS is required before anything else'));
       case 'sasl':
-        if (el.is('auth', NS.sasl)) return void this.#authenticate(el);
+        if (el.is('auth', NS.sasl)) return this.#own(this.#authenticate(el), 'during SASL');
         if (el.is('abort', NS.sasl)) return this.#stream.write(`<failure xmlns='${NS.sasl}'><aborted/></failure>`);
         // As Prosody's mod_smacks answers them: nothing to enable or resume before SASL.
         if (el.is('enable', NS.sm)) return this.#stream.write(`<failed xmlns='${NS.sm}'><service-unavailable xmlns='${NS.stanzas}'/></failed>`);
@@ -195,8 +234,8 @@ export class ClientStream extends EventEmitter {
         // RFC 6120 §6.4.2: nothing but the SASL exchange until it ends.
         return this.fail(new StreamError('not-authorized', 'SASL negotiation in progress'));
       case 'authenticated':
-        if (el.name === 'iq' && el.attrs.type === 'set' && el.element().getChild('bind', NS.bind)) return void this.#bind(el.element());
-        if (el.is('resume', NS.sm)) return this.#deps.resume(this, el);
+        if (el.name === 'iq' && el.attrs.type === 'set' && el.element().getChild('bind', NS.bind)) return this.#own(this.#bind(el.element()), 'during resource binding');
+        if (el.is('resume', NS.sm)) return this.#own(this.#resume(el), 'during resumption');
         if (el.is('enable', NS.sm)) {
           // XEP-0198 §3: enable only after binding.
           return this.#stream.write(`<failed xmlns='${NS.sm}'><unexpected-request xmlns='${NS.stanzas}'/></failed>`);
@@ -207,6 +246,28 @@ export class ClientStream extends EventEmitter {
         return this.fail(new StreamError('not-authorized', 'resource binding in progress'));
       case 'closed':
         return;
+    }
+  }
+
+  /** Every async step of negotiation has this stream as its owner: a bug ends it alone. */
+  #own(task: Promise<void>, what: string): void {
+    task.catch((err: unknown) => this.internalError(err, what));
+  }
+
+  async #resume(el: TopLevel): Promise<void> {
+    this.#state = 'resuming';
+    const resumed = await this.#deps.resume(this, el);
+    if (this.#stream.closed) return;
+    if (!resumed) this.#state = 'authenticated';
+    // What the client pipelined behind its <resume/> now meets the outcome, in order.
+    const pipelined = this.#pipelined;
+    this.#pipelined = [];
+    for (let i = 0; i < pipelined.length; i++) {
+      if (this.#state === 'resuming') {
+        this.#pipelined.push(...pipelined.slice(i));
+        return;
+      }
+      this.#onElement(pipelined[i]!);
     }
   }
 
@@ -228,7 +289,7 @@ export class ClientStream extends EventEmitter {
     const cred = parsePlain(el.element().getText(), this.#domain!);
     if (!cred) return this.#saslFailure('malformed-request');
     this.#state = 'authenticating';
-    const bareJid = `${cred.username}@${this.#domain}`;
+    const bareJid = `${cred.username}@${prepDomain(this.#domain!)}`;
     try {
       // A returning client (most often about to resume) needs no new upstream login.
       const cachedFeatures = await this.#deps.verifyCached(cred, bareJid);
@@ -291,8 +352,13 @@ export class ClientStream extends EventEmitter {
       if (this.#stream.closed) return this.#link!.close();
     }
     const link = this.#link!;
-    const id = (this.#bindId = iq.attrs.id ?? newId());
+    const id = iq.attrs.id ?? newId();
     iq.attrs.id = id;
+    // Taking a resource a session of this account holds (a client whose resume failed binds
+    // its old resource again): retire that session before the server kicks its link, so it
+    // neither logs in again to take the resource back nor loses what it held.
+    const resource = iq.getChild('bind', NS.bind)?.getChildText('resource')?.trim();
+    if (resource) this.#handover ??= this.#deps.takeover(this.bareJid!, resource);
     const onReply = (el: TopLevel): void => {
       if (el.name !== 'iq' || el.attrs.id !== id || (el.attrs.type !== 'result' && el.attrs.type !== 'error')) return;
       link.off('element', onReply);
@@ -300,7 +366,9 @@ export class ClientStream extends EventEmitter {
       const jid = el.element().getChild('bind', NS.bind)?.getChildText('jid');
       if (el.attrs.type === 'result' && jid) {
         this.#stream.write(el.raw);
-        this.#deps.bound(this, link, jid);
+        const handover = this.#handover;
+        this.#handover = undefined;
+        this.#deps.bound(this, link, jid, handover);
       } else {
         // Relay the server's refusal (conflict, not-allowed…) and let the client try again.
         this.#state = 'authenticated';
@@ -314,8 +382,12 @@ export class ClientStream extends EventEmitter {
   #onClose(): void {
     const wasEstablished = this.#state === 'established';
     this.#state = 'closed';
+    this.#owner = undefined;
+    this.#pipelined = [];
     // A client that leaves before binding leaves nothing behind upstream.
     if (!wasEstablished && this.#link) this.#link.close();
+    this.#handover?.settle();
+    this.#handover = undefined;
     this.emit('close');
   }
 }
@@ -333,10 +405,14 @@ export function parsePlain(b64: string, domain: string): PlainCredential | undef
   const parts = Buffer.from(text, 'base64').toString('utf8').split('\0');
   if (parts.length !== 3) return undefined;
   const [authzid, authcid, password] = parts as [string, string, string];
+  const host = prepDomain(domain);
   // Some clients send the bare JID as authcid; the account is its localpart on this domain.
-  const username = authcid.toLowerCase().endsWith(`@${domain}`) ? authcid.slice(0, -(domain.length + 1)) : authcid;
+  const at = authcid.lastIndexOf('@');
+  if (at !== -1 && prepDomain(authcid.slice(at + 1)) !== host) return undefined;
+  // RFC 7622: `Alice` is the account `alice`; every comparison of accounts uses this form.
+  const username = prepLocalpart(at === -1 ? authcid : authcid.slice(0, at));
   if (username === '' || password === '' || username.includes('@')) return undefined;
-  if (authzid !== '' && authzid.toLowerCase() !== `${username}@${domain}`.toLowerCase()) return undefined;
+  if (authzid !== '' && bareJidOf(authzid) !== `${username}@${host}`) return undefined;
   return { username, password };
 }
 

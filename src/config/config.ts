@@ -59,6 +59,12 @@ export interface Config {
      * (seconds; 0: always log in). Bounds how long a changed password still resumes a session.
      */
     credentialCacheSeconds: number;
+    /**
+     * Messages remembered per session to drop a second copy that an upstream fault caused
+     * (a stanza sent again after a drop, a server's re-delivery from offline storage); keyed by
+     * sender full JID, stanza id (or XEP-0359 origin-id) and body. 0 turns it off.
+     */
+    duplicateWindow: number;
   };
   listen: {
     /** STARTTLS listeners (RFC 6120 §5); empty disables. Default 0.0.0.0:5222. */
@@ -119,6 +125,7 @@ export const DEFAULTS: Config = {
     maxConcurrentLogins: 16,
     streamManagement: true,
     credentialCacheSeconds: 60,
+    duplicateWindow: 256,
   },
   listen: {
     starttls: [{ host: '0.0.0.0', port: 5222 }],

@@ -232,6 +232,7 @@ const SCHEMA: Schema<Config> = {
     maxConcurrentLogins: atLeast(1),
     streamManagement: boolean,
     credentialCacheSeconds: seconds(0),
+    duplicateWindow: nonNegative,
   },
   listen: {
     starttls: listenList,

@@ -4,15 +4,28 @@ import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
 import type { ClientStream } from '../c2s/client-stream.ts';
 import type { UpstreamLink } from '../upstream/link.ts';
-import { verifyPassword, type CachedCredential } from '../upstream/sasl.ts';
-import { Upstream, type UpstreamDeps } from '../upstream/upstream.ts';
+import { verifyPassword, type PlainCredential } from '../upstream/sasl.ts';
+import { Upstream, type UpstreamDeps, type UpstreamFailure } from '../upstream/upstream.ts';
 import { StreamManagement, type SmOptions } from '../sm/stream-management.ts';
 import type { SessionRegistry } from '../sm/registry.ts';
 import { diffH, parseH } from '../sm/counter.ts';
 import { NS, isStanzaName } from '../xml/stream-header.ts';
 import { StreamError } from '../xml/stream-error.ts';
+import type { QueuedStanza } from '../sm/outbound-queue.ts';
+import { prepJid, splitJid } from '../jid.ts';
 import type { HeldMessages } from './held-messages.ts';
+import type { Handover } from './handover.ts';
 import { settle } from './settle.ts';
+import { DuplicateWindow } from './duplicates.ts';
+
+/** What the client is told when the session ends because the upstream gave up (design §4.5). */
+const UPSTREAM_FAILURES: Record<UpstreamFailure, StreamError> = {
+  refused: new StreamError('not-authorized', 'the server no longer accepts this account\'s credentials'),
+  unreachable: new StreamError('remote-connection-failed', 'the server has been unreachable for too long'),
+  // RFC 6120 §4.9.3.3: the server gave this resource to another connection.
+  conflict: new StreamError('conflict', 'replaced by a new connection binding the same resource'),
+  internal: new StreamError('internal-server-error'),
+};
 
 /** What a session needs from the proxy, passed in by name. */
 export interface SessionDeps {
@@ -22,6 +35,8 @@ export interface SessionDeps {
   hibernationSeconds: number;
   /** Messages held for accounts whose last session ended with them unacked. */
   held: HeldMessages;
+  /** Messages remembered per session to drop a second copy (`upstream.duplicateWindow`). */
+  duplicateWindow: number;
   /** True when `session` is the only live session of its account at the proxy. */
   isLastSession(session: Session): boolean;
   /** For the session's upstream side: re-login, throttle, reconnect policy. */
@@ -39,10 +54,16 @@ export interface SessionDeps {
  * - `resumed` (): a client resumed it.
  * - `upstream-down` (reason: string): the upstream link dropped; the session reconnects it.
  * - `upstream-up` (): a new upstream link is bound and the session's state replayed.
- * - `ended` (reason: string): the session is over (timeout, client left, upstream gone for good).
+ * - `ended` (reason: string): the session is over (timeout, client left, upstream gone for good,
+ *   or retired by a new bind of its resource).
+ *
+ * One client stream owns the session at a time: attaching one detaches (and releases) the
+ * other, and of several resumes in flight only the latest may attach.
  */
 export class Session extends EventEmitter {
+  /** The account, prepared (RFC 7622) as every comparison of accounts expects. */
   readonly bareJid: string;
+  /** `bareJid` plus the bound resource. */
   readonly fullJid: string;
   readonly sm: StreamManagement;
   log: Logger;
@@ -53,18 +74,27 @@ export class Session extends EventEmitter {
   #ended = false;
   /** Whether the client sent its initial presence (held messages follow it, RFC 6121 §4.2). */
   #available = false;
+  /** Bumped by every resume: of several in flight, only the latest may attach. */
+  #resumeSeq = 0;
+  /** Stanzas a retired session of this resource handed over, delivered with the initial presence. */
+  #handedOver: QueuedStanza[] = [];
+  /** What the client already got, so that an upstream fault's second copy is dropped. */
+  readonly #duplicates: DuplicateWindow;
   readonly #deps: SessionDeps;
 
-  constructor(deps: SessionDeps, client: ClientStream, upstream: UpstreamLink, fullJid: string) {
+  /** @param handover what a session retired by this bind of its resource left (design §4.3). */
+  constructor(deps: SessionDeps, client: ClientStream, upstream: UpstreamLink, fullJid: string, handover?: Handover) {
     super();
     this.#deps = deps;
-    this.fullJid = fullJid;
-    this.bareJid = fullJid.split('/')[0]!;
-    this.log = client.log.child({ resource: fullJid.slice(this.bareJid.length + 1) });
+    const { bare, resource = '' } = splitJid(fullJid);
+    this.bareJid = bare;
+    this.fullJid = prepJid(fullJid);
+    this.log = client.log.child({ resource });
     this.sm = new StreamManagement(deps.sm);
+    this.#duplicates = new DuplicateWindow(deps.duplicateWindow);
     this.sm.on('overflow', () => this.#onOverflow());
     this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
-    this.#upstream = new Upstream({ ...deps.upstream, log: this.log }, upstream, fullJid);
+    this.#upstream = new Upstream({ ...deps.upstream, log: this.log }, upstream, this.fullJid);
     this.#upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
     this.#upstream.on('confirmed', (counted: number) => this.sm.confirm(counted));
     this.#upstream.on('down', (reason: string) => {
@@ -72,7 +102,8 @@ export class Session extends EventEmitter {
       this.emit('upstream-down', reason);
     });
     this.#upstream.on('up', () => this.emit('upstream-up'));
-    this.#upstream.on('failed', (reason: string, refused: boolean) => this.#onUpstreamFailed(reason, refused));
+    this.#upstream.on('failed', (reason: string, kind: UpstreamFailure) => this.#onUpstreamFailed(reason, kind));
+    if (handover) this.#takeOver(handover);
     this.#attach(client);
   }
 
@@ -92,12 +123,12 @@ export class Session extends EventEmitter {
   }
 
   /** A credential the server has just accepted for this account replaces the cached one. */
-  renewCredential(credential: CachedCredential): void {
+  renewCredential(credential: PlainCredential): void {
     this.#upstream.renewCredential(credential);
   }
 
   /** True when `password` matches the credential this session logged in with (constant time). */
-  verifyPassword(password: string): Promise<boolean> {
+  verifyPassword(password: string): boolean {
     return verifyPassword(this.#upstream.credential, password);
   }
 
@@ -128,6 +159,10 @@ export class Session extends EventEmitter {
       this.#upstream.sendOwn(`<iq type='result' id='${escapeAttr(el.attrs.id)}' to='${escapeAttr(el.attrs.from ?? this.#domain)}'/>`);
       return;
     }
+    if (this.#duplicates.seen(el)) {
+      this.log.debug({ from: el.attrs.from, id: el.attrs.id }, 'second copy of a message dropped (sent again after an upstream fault)');
+      return;
+    }
     this.sm.send(el.raw, Date.now());
   }
 
@@ -144,6 +179,10 @@ export class Session extends EventEmitter {
 
   #onInitialPresence(): void {
     this.#available = true;
+    const handedOver = this.#handedOver;
+    this.#handedOver = [];
+    if (handedOver.length > 0) this.log.info({ count: handedOver.length }, 'delivering what the retired session of this resource left unacked');
+    for (const s of handedOver) this.sm.send(withDelay(s.xml, s.receivedAt, this.#domain), s.receivedAt);
     const held = this.#deps.held.take(this.bareJid);
     if (held.length === 0) return;
     this.log.info({ count: held.length }, 'delivering messages held since the last session ended');
@@ -164,7 +203,8 @@ export class Session extends EventEmitter {
     try {
       if (this.sm.handleNonza(el)) return;
     } catch (err) {
-      return client.fail(err as StreamError);
+      if (!(err instanceof StreamError)) throw err; // a bug: internal-server-error (xml-stream.ts)
+      return client.fail(err);
     }
     if (el.name === 'enable') {
       if (this.sm.enabled) return client.write(failed('unexpected-request'));
@@ -187,34 +227,49 @@ export class Session extends EventEmitter {
 
   #attach(client: ClientStream): void {
     this.#client = client;
-    client.establish();
     let cleanEnd = false;
-    client.on('element', (el: TopLevel) => this.#fromClient(el));
     client.on('end', () => {
       cleanEnd = true;
     });
     client.once('close', () => {
       if (this.#client !== client || this.#ended) return;
-      this.#client = undefined;
-      this.sm.attach(undefined);
+      this.#detach();
       if (cleanEnd || !this.#resumeId || this.sm.overflowed) this.end(cleanEnd ? 'client closed its stream' : 'client connection lost');
       else this.#hibernate();
     });
     this.sm.attach((xml) => client.write(xml));
+    client.establish((el) => this.#fromClient(el));
+  }
+
+  /** The client stream lets go: its elements stop reaching the session. */
+  #detach(): ClientStream | undefined {
+    const client = this.#client;
+    this.#client = undefined;
+    this.sm.attach(undefined);
+    client?.release();
+    return client;
   }
 
   #hibernate(): void {
     this.log.info(`client vanished: hibernating for up to ${this.#deps.hibernationSeconds} s`);
-    this.#hibernationTimer = setTimeout(() => this.end('hibernation timed out'), this.#deps.hibernationSeconds * 1000);
-    this.#hibernationTimer.unref();
+    this.#startHibernationTimer();
     this.emit('hibernating');
+  }
+
+  /** Runs while no client owns the session, resumes in flight included (idempotent). */
+  #startHibernationTimer(): void {
+    this.#hibernationTimer ??= setTimeout(() => this.end('hibernation timed out'), this.#deps.hibernationSeconds * 1000);
+    this.#hibernationTimer.unref();
   }
 
   /**
    * A client asks to resume this session (XEP-0198 §5); the registry already matched the id to
    * the client's authenticated account. Takes over from an older client stream if one is
-   * still attached (it gets a `conflict` stream error). Returns false after answering
-   * `<failed/>` (the client stream stays unbound and may bind instead).
+   * still attached (it gets a `conflict` stream error). Until the resume commits the session
+   * counts as hibernated (its timer runs), so a resuming client that vanishes strands nothing;
+   * of several resumes in flight only the latest attaches, the others get `conflict`.
+   * Resolves false after answering `<failed/>` (the client stream stays unbound and may bind
+   * instead) or when the client left or was superseded meanwhile.
    */
   async resume(client: ClientStream, el: TopLevel): Promise<boolean> {
     const h = parseH(el.attrs.h);
@@ -226,6 +281,24 @@ export class Session extends EventEmitter {
       client.write(failed('resource-constraint'));
       return false;
     }
+    const seq = ++this.#resumeSeq;
+    const old = this.#detach();
+    if (old) {
+      old.fail(new StreamError('conflict', 'replaced by a resumed stream'));
+      this.#startHibernationTimer();
+    }
+    // The h in <resumed/> must cover every stanza already relayed, or the client sends them
+    // again: wait for the server to confirm them.
+    const settled = this.#upstream.linked && (await this.#upstream.custody.settled());
+    if (this.#ended) {
+      client.write(failed('item-not-found', this.sm.inbound));
+      return false;
+    }
+    if (seq !== this.#resumeSeq) {
+      client.fail(new StreamError('conflict', 'replaced by a newer resumption of this session'));
+      return false;
+    }
+    if (client.closed) return false;
     if (!this.sm.ackOnResume(h)) {
       // As mod_smacks: an h that cannot be right leaves no consistent state to resume, so the
       // session ends (its queue settled) after <failed h/> and a stream error.
@@ -237,41 +310,67 @@ export class Session extends EventEmitter {
       this.end(`resume with an impossible h (${text})`);
       return false;
     }
-    const old = this.#client;
-    if (old) {
-      this.#client = undefined;
-      this.sm.attach(undefined);
-      old.fail(new StreamError('conflict', 'replaced by a resumed stream'));
-    }
-    clearTimeout(this.#hibernationTimer);
-    this.#hibernationTimer = undefined;
-    // The h in <resumed/> must cover every stanza already relayed, or the client sends them
-    // again: wait for the server to confirm them. Without a link, the proxy lets go of what
-    // was never confirmed and the client re-sends it (custody rule, design §4.2).
-    if (!this.#upstream.linked || !(await this.#upstream.custody.settled())) {
+    if (!settled) {
+      // Without a link, the proxy lets go of what was never confirmed and the client re-sends
+      // it (custody rule, design §4.2).
       this.#upstream.custody.release();
       this.sm.forgetUnconfirmed();
     }
-    if (this.#ended || client.closed) return false;
+    clearTimeout(this.#hibernationTimer);
+    this.#hibernationTimer = undefined;
     client.write(`<resumed xmlns='${NS.sm}' previd='${this.#resumeId}' h='${this.sm.inbound}'/>`);
     this.#attach(client);
     const stanzas = this.sm.unacked();
-    for (const s of stanzas) client.write(withDelay(s.xml, s.receivedAt, this.bareJid.split('@')[1]!));
+    for (const s of stanzas) client.write(withDelay(s.xml, s.receivedAt, this.#domain));
     this.sm.requestAck();
     this.log.info({ resent: stanzas.length }, 'session resumed');
     this.emit('resumed');
     return true;
   }
 
+  // ---- a new bind of the same resource --------------------------------------------------------
+
+  /**
+   * Retires the session because a new stream of its account binds its resource (design §4.3):
+   * as the server would, the attached client (if any) is kicked with `conflict`; the upstream
+   * session is closed (cleanly: the server still handles what was sent on it); nothing it held
+   * is settled, it is handed over instead. Call before the new bind reaches the server.
+   */
+  retire(): Handover {
+    this.#client?.fail(UPSTREAM_FAILURES.conflict);
+    const unacked = [...this.#handedOver, ...this.sm.queue.drain()];
+    this.#handedOver = [];
+    // Sent on a live link, they are handled before its close; without one, they go again.
+    const unconfirmed = this.#upstream.custody.release();
+    this.#finish('retired: a new stream binds its resource');
+    let settled = false;
+    return {
+      unacked,
+      unconfirmed,
+      settle: () => {
+        if (settled) return;
+        settled = true;
+        this.#settleAll(unacked);
+        if (unconfirmed.length > 0) this.log.warn({ lost: unconfirmed.length }, 'client stanzas of a retired session are lost: the bind that took its resource failed');
+      },
+    };
+  }
+
+  #takeOver(handover: Handover): void {
+    this.log.info({ unacked: handover.unacked.length, unconfirmed: handover.unconfirmed.length }, 'took over from the retired session of this resource');
+    for (const raw of handover.unconfirmed) this.#upstream.custody.push(raw);
+    // Presence and answers to the old client's requests mean nothing to the new one.
+    this.#handedOver = handover.unacked.filter((s) => {
+      const el = parse(s.xml) as Element;
+      return el.attrs.type !== 'error' && (el.name === 'message' || (el.name === 'iq' && (el.attrs.type === 'get' || el.attrs.type === 'set')));
+    });
+  }
+
   // ---- the end ------------------------------------------------------------------------------
 
-  #onUpstreamFailed(reason: string, refused: boolean): void {
+  #onUpstreamFailed(reason: string, kind: UpstreamFailure): void {
     if (this.#ended) return;
-    this.#client?.fail(
-      refused
-        ? new StreamError('not-authorized', 'the server no longer accepts this account\'s credentials')
-        : new StreamError('remote-connection-failed', 'the server has been unreachable for too long'),
-    );
+    this.#client?.fail(UPSTREAM_FAILURES[kind]);
     this.end(`upstream: ${reason}`);
   }
 
@@ -282,14 +381,16 @@ export class Session extends EventEmitter {
    */
   end(reason: string): void {
     if (this.#ended) return;
-    this.#ended = true;
-    clearTimeout(this.#hibernationTimer);
-    if (this.#resumeId) {
-      this.#deps.registry.remove(this.#resumeId, this, this.sm.inbound, this.sm.overflowed ? 'resource-constraint' : undefined);
-    }
+    const counts = this.#settleAll([...this.#handedOver, ...this.sm.queue.drain()]);
+    this.#handedOver = [];
+    this.#finish(reason, `<presence type='unavailable'/>`, counts);
+  }
+
+  /** Settles stanzas of an ending session the mod_smacks way (design §4.3); returns the counts. */
+  #settleAll(stanzas: QueuedStanza[]): Record<'archived' | 'hold' | 'bounce' | 'drop', number> {
     const last = this.#deps.isLastSession(this);
     const counts = { archived: 0, hold: 0, bounce: 0, drop: 0 };
-    for (const stanza of this.sm.queue.drain()) {
+    for (const stanza of stanzas) {
       const outcome = settle(stanza, this.bareJid, last);
       counts[outcome.action]++;
       if (outcome.action === 'hold') this.#deps.held.hold(this.bareJid, stanza);
@@ -298,10 +399,20 @@ export class Session extends EventEmitter {
     if (counts.bounce > 0 && !this.#upstream.linked) {
       this.log.warn({ bounce: counts.bounce }, 'error replies to the senders of unacked stanzas are lost: no upstream link');
     }
-    this.#upstream.close(`<presence type='unavailable'/>`);
-    this.#client?.end();
+    return counts;
+  }
+
+  /** The end itself: forget the id (remembering `h`), close both sides, tell the proxy. */
+  #finish(reason: string, last?: string, counts?: object): void {
+    this.#ended = true;
+    clearTimeout(this.#hibernationTimer);
+    if (this.#resumeId) {
+      this.#deps.registry.remove(this.#resumeId, this, this.sm.inbound, this.sm.overflowed ? 'resource-constraint' : undefined);
+    }
+    this.#upstream.close(last);
+    this.#detach()?.end();
     this.sm.close();
-    this.log.info({ unacked: counts }, `session ended: ${reason}`);
+    this.log.info(counts ? { unacked: counts } : {}, `session ended: ${reason}`);
     this.emit('ended', reason);
   }
 

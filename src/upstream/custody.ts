@@ -17,6 +17,7 @@ import type { UpstreamLink } from './link.ts';
  * - `confirmed` (n: number, counted: number): n more stanzas, the oldest held, reached the
  *   server; `counted` of them were received after XEP-0198 was enabled (they count in `h`).
  * - `timeout` (): a barrier went unanswered for `timeoutMs`: the link is presumed dead.
+ * - `fault` (err: unknown): a barrier failed on a bug; the owner replaces the link.
  */
 export class Custody extends EventEmitter {
   /** Stanzas not yet confirmed, oldest first. */
@@ -103,6 +104,33 @@ export class Custody extends EventEmitter {
   }
 
   /**
+   * While no link is attached: the held stanzas `taken` picks reached the server after all
+   * (its archive shows them), so they count as confirmed and are not sent again.
+   * @returns how many were taken.
+   */
+  confirmWhere(taken: (raw: string) => boolean): number {
+    if (this.#link) return 0;
+    const kept: string[] = [];
+    let n = 0;
+    let counted = 0;
+    let uncountedKept = 0;
+    this.#held.forEach((raw, i) => {
+      if (taken(raw)) {
+        n++;
+        if (i >= this.#uncounted) counted++;
+      } else {
+        kept.push(raw);
+        if (i < this.#uncounted) uncountedKept++;
+      }
+    });
+    if (n === 0) return 0;
+    this.#held = kept;
+    this.#uncounted = uncountedKept;
+    this.emit('confirmed', n, counted);
+    return n;
+  }
+
+  /**
    * Forgets what was never confirmed and returns it (oldest first). After a resume while no
    * link is up, the client re-sends those itself (its `h` does not cover them).
    */
@@ -119,7 +147,7 @@ export class Custody extends EventEmitter {
     // After the burst: every stanza of this event-loop turn is covered by one barrier.
     setImmediate(() => {
       this.#barrierScheduled = false;
-      void this.#barrier();
+      this.#barrier().catch((err: unknown) => this.emit('fault', err));
     });
   }
 

@@ -1,6 +1,7 @@
 import { type Element } from 'ltx';
 import type { UpstreamLink } from './link.ts';
 import { TopLevel } from '../xml/top-level.ts';
+import { bareJidOf, prepJid } from '../jid.ts';
 
 /**
  * Gap fill after an upstream reconnect (design §4.5): messages the server wrote to the dying
@@ -51,24 +52,29 @@ export async function hasArchive(link: UpstreamLink, bareJid: string, timeoutMs:
     answer.element().getChild('query')?.getChildren('feature').some((f) => f.attrs.var === NS_MAM) === true;
 }
 
+/** One message of an archive query's results (XEP-0313 §4.2), as the server had it. */
+interface Archived {
+  message: Element;
+  /** Its archive id. */
+  id: string;
+  /** When the server archived it (XEP-0203), if it said. */
+  stamp?: string;
+}
+
 /**
- * Pages through the archive after `afterId` (or since `startMs` when no id is known) and calls
- * `deliver` with each archived message addressed to `fullJid` (or the bare JID) that did not
- * come from the account itself, as the server had sent it, plus its archive id.
- * Resolves with how many were delivered and whether the fill is over: `complete` is false only
- * when the server did not answer (timeout or lost link), so the caller can try again after
- * the last id delivered. An error answer ends the fill (complete, nothing more to get).
+ * Pages through the account's archive after `afterId` (or since `startMs` when no id is known),
+ * calling `each` with every result in order. Resolves with whether the query is over: false
+ * only when the server did not answer (timeout or lost link); an error answer ends it.
  */
-export async function fillGap(
+async function pageArchive(
   link: UpstreamLink,
-  opts: { bareJid: string; fullJid: string; afterId?: string; startMs: number; timeoutMs: number; maxPages?: number },
-  deliver: (message: TopLevel, archivedId: string) => void,
-): Promise<{ delivered: number; complete: boolean }> {
+  opts: { afterId?: string; startMs: number; timeoutMs: number; maxPages?: number },
+  each: (result: Archived) => void,
+): Promise<boolean> {
   let after = opts.afterId;
-  let delivered = 0;
   for (let page = 0; page < (opts.maxPages ?? 20); page++) {
     const queryId = `${QUERY_PREFIX}${++querySeq}`;
-    const found: Array<{ message: Element; id: string; stamp?: string }> = [];
+    const found: Archived[] = [];
     const collect = (el: TopLevel): void => {
       if (el.name !== 'message' || !el.raw.includes(NS_MAM)) return;
       const result = el.element().getChild('result', NS_MAM);
@@ -84,24 +90,59 @@ export async function fillGap(
         `<field var='start'><value>${new Date(opts.startMs).toISOString()}</value></field></x><set xmlns='${NS_RSM}'><max>100</max></set>`;
     const fin = await link.request((id) => `<iq type='set' id='${id}'><query xmlns='${NS_MAM}' queryid='${queryId}'>${form}</query></iq>`, opts.timeoutMs);
     link.off('archive', collect);
-    if (!fin) return { delivered, complete: false };
-    if (fin.attrs.type !== 'result') return { delivered, complete: true };
-    for (const { message, id, stamp } of found) {
-      const to = String(message.attrs.to ?? '');
-      const from = String(message.attrs.from ?? '');
-      if (from.split('/')[0] === opts.bareJid) continue; // the account's own outgoing message
-      if (to !== opts.fullJid && to !== opts.bareJid) continue; // for another resource
-      message.attrs.xmlns = undefined;
-      message.remove('delay', 'urn:xmpp:delay');
-      message.c('delay', { xmlns: 'urn:xmpp:delay', from: opts.bareJid.split('@')[1], stamp: stamp ?? new Date().toISOString() });
-      deliver(new TopLevel('message', message.attrs as Record<string, string>, message.toString()), id);
-      delivered++;
-      after = id;
-    }
+    if (!fin) return false;
+    if (fin.attrs.type !== 'result') return true;
+    for (const result of found) each(result);
     const finEl = fin.element().getChild('fin', NS_MAM);
     const last = finEl?.getChild('set', NS_RSM)?.getChildText('last');
-    if (finEl?.attrs.complete === 'true' || !last || found.length === 0) return { delivered, complete: true };
+    if (finEl?.attrs.complete === 'true' || !last || found.length === 0) return true;
     after = last;
   }
-  return { delivered, complete: true };
+  return true;
+}
+
+/**
+ * Calls `deliver` with each archived message after `afterId` (or since `startMs`) addressed to
+ * `fullJid` (or the bare JID) that did not come from the account itself, as the server had sent
+ * it, plus its archive id. Resolves with how many were delivered and whether the fill is over:
+ * `complete` is false only when the server did not answer, so the caller can try again after
+ * the last id delivered.
+ */
+export async function fillGap(
+  link: UpstreamLink,
+  opts: { bareJid: string; fullJid: string; afterId?: string; startMs: number; timeoutMs: number; maxPages?: number },
+  deliver: (message: TopLevel, archivedId: string) => void,
+): Promise<{ delivered: number; complete: boolean }> {
+  let delivered = 0;
+  const complete = await pageArchive(link, opts, ({ message, id, stamp }) => {
+    const to = String(message.attrs.to ?? '');
+    const from = String(message.attrs.from ?? '');
+    if (bareJidOf(from) === opts.bareJid) return; // the account's own outgoing message
+    // For this resource, or for the bare JID; not for another resource.
+    if (to !== opts.fullJid && (to.includes('/') || bareJidOf(to) !== opts.bareJid)) return;
+    message.attrs.xmlns = undefined;
+    message.remove('delay', 'urn:xmpp:delay');
+    message.c('delay', { xmlns: 'urn:xmpp:delay', from: opts.bareJid.split('@')[1], stamp: stamp ?? new Date().toISOString() });
+    deliver(new TopLevel('message', message.attrs as Record<string, string>, message.toString()), id);
+    delivered++;
+  });
+  return { delivered, complete };
+}
+
+/**
+ * The ids of the messages `fullJid` sent that the account's archive holds since `startMs`: a
+ * message held across an upstream drop whose id is here reached the server before the drop
+ * and must not be sent again (design §4.5). Undefined when the server did not answer.
+ */
+export async function archivedOwnIds(
+  link: UpstreamLink,
+  opts: { fullJid: string; startMs: number; timeoutMs: number; maxPages?: number },
+): Promise<Set<string> | undefined> {
+  const ids = new Set<string>();
+  const complete = await pageArchive(link, opts, ({ message }) => {
+    const from = String(message.attrs.from ?? '');
+    if (from !== opts.fullJid && prepJid(from) !== opts.fullJid) return;
+    if (typeof message.attrs.id === 'string') ids.add(message.attrs.id);
+  });
+  return complete ? ids : undefined;
 }

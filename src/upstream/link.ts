@@ -13,7 +13,6 @@ import {
   SaslFailure,
   chooseMechanism,
   startExchange,
-  type CachedCredential,
   type PlainCredential,
 } from './sasl.ts';
 
@@ -59,18 +58,23 @@ export class UpstreamError extends Error {
  * - `element` (el: TopLevel): a top-level element from the server.
  * - `archive` (el: TopLevel): a result of the proxy's own archive query (gap-fill.ts), kept
  *   from the client; emitted only while someone listens.
- * - `close` (reason: string): the link is gone (server closed, network loss, stream error).
+ * - `close` (reason: string, condition?: string): the link is gone (server closed, network loss,
+ *   stream error); `condition` is the server's stream error condition when it sent one.
+ * - `fault` (err: unknown): an `element` listener threw (a bug); the element is dropped, the
+ *   link goes on.
  */
 export class UpstreamLink extends EventEmitter {
   /** The server's post-authentication stream features (RFC 6120 §4.3.2, after SASL). */
   readonly features: Element;
   /** The credential for a later re-login, in memory only (design §4.1.3). */
-  readonly credential: CachedCredential;
+  readonly credential: PlainCredential;
   /** True when the link runs over TLS. */
   readonly secure: boolean;
   readonly #stream: XmlStream;
   readonly #options: UpstreamOptions;
   #closeReason = 'closed';
+  /** The server's stream error condition, when it sent one. */
+  #closeCondition: string | undefined;
   /** The proxy's own iqs to the server awaiting their answer, by id. */
   readonly #ownIqs = new Map<string, (answer: TopLevel | undefined) => void>();
   #iqSeq = 0;
@@ -81,7 +85,7 @@ export class UpstreamLink extends EventEmitter {
   #keepaliveTimer: NodeJS.Timeout | undefined;
   #sm: ServerSm | undefined;
 
-  private constructor(stream: XmlStream, options: UpstreamOptions, features: Element, credential: CachedCredential, secure: boolean) {
+  private constructor(stream: XmlStream, options: UpstreamOptions, features: Element, credential: PlainCredential, secure: boolean) {
     super();
     this.#stream = stream;
     this.#options = options;
@@ -89,6 +93,7 @@ export class UpstreamLink extends EventEmitter {
     this.credential = credential;
     this.secure = secure;
     stream.on('element', (el: TopLevel) => this.#onElement(el));
+    stream.on('handlerError', (err: unknown) => this.emit('fault', err));
     stream.on('streamError', (err: Error) => {
       this.#closeReason = `upstream sent bad XML: ${err.message}`;
       stream.destroy();
@@ -102,7 +107,7 @@ export class UpstreamLink extends EventEmitter {
       this.#sm?.stop();
       for (const settle of [...this.#ownIqs.values()]) settle(undefined);
       this.#ownIqs.clear();
-      this.emit('close', this.#closeReason);
+      this.emit('close', this.#closeReason, this.#closeCondition);
     });
     if (options.keepaliveMs > 0) {
       let written = -1;
@@ -110,7 +115,7 @@ export class UpstreamLink extends EventEmitter {
       // Quiet either way for a period: nothing received proves nothing about a half-open link,
       // and nothing sent looks idle to a server with an idle disconnect (Openfire).
       this.#keepaliveTimer = setInterval(() => {
-        if (this.#writes === written || this.#reads === read) void this.#keepalive();
+        if (this.#writes === written || this.#reads === read) this.#keepalive().catch((err: unknown) => this.emit('fault', err));
         written = this.#writes;
         read = this.#reads;
       }, options.keepaliveMs);
@@ -123,7 +128,7 @@ export class UpstreamLink extends EventEmitter {
    * @throws SaslFailure when the server rejects the credential.
    * @throws UpstreamError on connect, TLS or protocol trouble, or on timeout.
    */
-  static async open(options: UpstreamOptions, credential: PlainCredential | CachedCredential): Promise<UpstreamLink> {
+  static async open(options: UpstreamOptions, credential: PlainCredential): Promise<UpstreamLink> {
     const socket = net.connect({ host: options.host, port: options.port });
     socket.setNoDelay(true);
     const stream = new XmlStream(socket, options.limits);
@@ -160,24 +165,17 @@ export class UpstreamLink extends EventEmitter {
 
       const offered = (features.getChild('mechanisms', NS.sasl)?.getChildren('mechanism') ?? []).map((m) => m.getText().trim());
       // PLAIN in clear text only when the operator chose a plain link (loopback deployments).
-      const cachedMech = 'mechanism' in credential ? credential.mechanism : undefined;
-      const mechanism = cachedMech && offered.includes(cachedMech)
-        ? cachedMech
-        : chooseMechanism(offered, secure || options.tls === 'none');
+      const mechanism = chooseMechanism(offered, secure || options.tls === 'none');
       if (!mechanism) throw new UpstreamError(`no usable SASL mechanism upstream (offered: ${offered.join(', ') || 'none'})`);
       const exchange = startExchange(mechanism, credential);
-      stream.write(`<auth xmlns='${NS.sasl}' mechanism='${mechanism}'>${b64(await exchange.initial())}</auth>`);
-      let kept: CachedCredential | undefined;
-      while (!kept) {
+      stream.write(`<auth xmlns='${NS.sasl}' mechanism='${mechanism}'>${b64(exchange.initial())}</auth>`);
+      for (let done = false; !done;) {
         const el = await reader.next();
         if (el.is('challenge', NS.sasl)) {
           stream.write(`<response xmlns='${NS.sasl}'>${b64(await exchange.challenge(unb64(el.getText())))}</response>`);
         } else if (el.is('success', NS.sasl)) {
-          try {
-            kept = exchange.success(unb64(el.getText()));
-          } catch (err) {
-            throw new UpstreamError((err as Error).message);
-          }
+          exchange.success(unb64(el.getText()));
+          done = true;
         } else if (el.is('failure', NS.sasl)) {
           const condition = el.getChildElements().find((c) => c.name !== 'text')?.name ?? 'not-authorized';
           throw new SaslFailure(condition, el.getChildText('text') ?? undefined);
@@ -188,7 +186,7 @@ export class UpstreamLink extends EventEmitter {
       stream.restart();
       features = await reader.open(options.domain);
       reader.detach();
-      return new UpstreamLink(stream, options, features, kept, secure);
+      return new UpstreamLink(stream, options, features, credential, secure);
     } catch (err) {
       stream.destroy();
       throw err instanceof SaslFailure || err instanceof UpstreamError ? err : new UpstreamError((err as Error).message);
@@ -305,6 +303,7 @@ export class UpstreamLink extends EventEmitter {
     if (el.name === 'stream:error') {
       const condition = el.element().getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';
       this.#closeReason = `upstream stream error: ${condition}`;
+      this.#closeCondition = condition;
       // A server whose SM turned itself off may reject the <r/> it no longer knows.
       if (this.#sm?.awaiting && SM_REJECTED.has(condition)) this.#sm.abandon(`stream error ${condition} while an <r/> was outstanding`);
       this.#stream.end();

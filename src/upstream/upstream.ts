@@ -1,10 +1,11 @@
 import { EventEmitter } from 'node:events';
-import type { Element } from 'ltx';
+import { randomBytes } from 'node:crypto';
+import { unescapeXML, type Element } from 'ltx';
 import type { Logger } from 'pino';
 import { SaslFailure, UpstreamLink } from './link.ts';
 import { Custody } from './custody.ts';
-import { archiveId, fillGap, hasArchive } from './gap-fill.ts';
-import type { CachedCredential } from './sasl.ts';
+import { archiveId, archivedOwnIds, fillGap, hasArchive } from './gap-fill.ts';
+import type { PlainCredential } from './sasl.ts';
 import type { TopLevel } from '../xml/top-level.ts';
 
 /** Reconnect policy (design §4.5). Times in milliseconds. */
@@ -22,7 +23,7 @@ export interface ReconnectOptions {
 /** What an Upstream needs, passed in by name. */
 export interface UpstreamDeps {
   /** Opens and authenticates a new link (the proxy's UpstreamLink.open with its options). */
-  open(credential: CachedCredential, domain: string): Promise<UpstreamLink>;
+  open(credential: PlainCredential, domain: string): Promise<UpstreamLink>;
   /** Runs `task` when a proxy-wide login slot is free, so an outage's reconnects are spread out. */
   throttle<T>(task: () => Promise<T>): Promise<T>;
   reconnect: ReconnectOptions;
@@ -31,7 +32,20 @@ export interface UpstreamDeps {
   log: Logger;
 }
 
+/**
+ * Why the upstream side gave up (the session ends; design §4.5):
+ * - `refused`: the server rejected a fresh login with the kept credential (password changed,
+ *   account deleted);
+ * - `unreachable`: no link for `giveUpMs`;
+ * - `conflict`: the server gave the resource to another connection (RFC 6120 §4.9.3.3); logging
+ *   in again to take it back would kick that one in turn, so the proxy never does;
+ * - `internal`: a bug of the proxy's in this session's upstream handling (logged with its stack).
+ */
+export type UpstreamFailure = 'refused' | 'unreachable' | 'conflict' | 'internal';
+
 const NS_CARBONS = 'urn:xmpp:carbons:2';
+/** The id attribute of a message's start tag. */
+const MESSAGE_ID = /^<message\b[^>]*?\sid=(?:'([^']*)'|"([^"]*)")/;
 const NS_CSI = 'urn:xmpp:csi:0';
 
 /**
@@ -47,14 +61,13 @@ const NS_CSI = 'urn:xmpp:csi:0';
  *   count in XEP-0198 `h`).
  * - `down` (reason: string): the link dropped; reconnecting.
  * - `up` (): a replacement link is bound and the state replayed.
- * - `failed` (reason: string, refused: boolean): giving up; `refused` when the server rejected
- *   the credential (password changed, account deleted).
+ * - `failed` (reason: string, kind: UpstreamFailure): giving up.
  */
 export class Upstream extends EventEmitter {
   readonly custody: Custody;
   /** The server's post-authentication features (from the first link). */
   readonly features: Element;
-  #credential: CachedCredential;
+  #credential: PlainCredential;
   #credentialAcceptedAt = Date.now();
   readonly #deps: UpstreamDeps;
   readonly #resource: string;
@@ -73,6 +86,9 @@ export class Upstream extends EventEmitter {
   #heldBack: TopLevel[] | undefined;
   #closed = false;
   #downSince = 0;
+  /** Ids the proxy gives the client's messages that have none: unguessable prefix, counter. */
+  readonly #idPrefix = `${randomBytes(6).toString('base64url')}-`;
+  #idSeq = 0;
   /** Session state replayed on a new link (design §4.5). */
   #presence: string | undefined;
   #carbons: string | undefined;
@@ -86,25 +102,29 @@ export class Upstream extends EventEmitter {
     this.#fullJid = fullJid;
     this.#bareJid = fullJid.slice(0, fullJid.indexOf('/'));
     this.#enableServerAcks(link);
-    void this.#checkArchive(link);
+    this.#own(this.#checkArchive(link), 'asking for archive support');
     this.features = link.features;
     this.#credential = link.credential;
     this.custody = new Custody(deps.reconnect.requestTimeoutMs);
     this.custody.on('confirmed', (_n: number, counted: number) => this.emit('confirmed', counted));
     // An unanswered barrier: the link is half-open; replace it.
     this.custody.on('timeout', () => this.#link?.destroy());
-    link.on('element', this.#fromLink);
+    this.custody.on('fault', (err: unknown) => {
+      deps.log.error({ err }, 'internal error in a custody barrier: replacing the link');
+      this.#link?.destroy();
+    });
+    this.#listen(link);
     this.#use(link);
     this.custody.attach(link);
   }
 
   /** The credential for re-logins, in memory only (design §4.1.3). */
-  get credential(): CachedCredential {
+  get credential(): PlainCredential {
     return this.#credential;
   }
 
   /** A credential the server has just accepted (a client's fresh login) replaces the cached one. */
-  renewCredential(credential: CachedCredential): void {
+  renewCredential(credential: PlainCredential): void {
     this.#credential = credential;
     this.#credentialAcceptedAt = Date.now();
   }
@@ -119,10 +139,14 @@ export class Upstream extends EventEmitter {
     return this.#link !== undefined;
   }
 
-  /** A client stanza: into custody (sent now if linked), and remembered when it is session state. */
+  /**
+   * A client stanza: into custody (sent now if linked), and remembered when it is session state.
+   * A message without an id gets one (RFC 6120 §8.1.3 recommends it): if it must be sent again
+   * after a drop, the id is what tells its copies apart from new messages (duplicates.ts).
+   */
   sendStanza(el: TopLevel): void {
     this.#track(el);
-    this.custody.push(el.raw);
+    this.custody.push(el.name === 'message' && el.attrs.id === undefined ? `<message id='${this.#idPrefix}${++this.#idSeq}'${el.raw.slice(8)}` : el.raw);
   }
 
   /** A client nonza for the server (CSI…): sent when linked; CSI state is replayed later. */
@@ -139,6 +163,7 @@ export class Upstream extends EventEmitter {
   /** Ends it: stops reconnecting and closes the link cleanly after `last` (if linked). */
   close(last?: string): void {
     this.#closed = true;
+    this.#forgetCredential();
     const link = this.#link;
     this.#link = undefined;
     this.custody.detach();
@@ -164,6 +189,20 @@ export class Upstream extends EventEmitter {
     });
   }
 
+  /** Listens to every element of `link` from its bind on; a listener's bug drops one element. */
+  #listen(link: UpstreamLink): void {
+    link.on('element', this.#fromLink);
+    link.on('fault', (err: unknown) => this.#deps.log.error({ err }, 'internal error handling an element from the server: element dropped'));
+  }
+
+  /** An async path of this session's upstream: its failure is logged and ends the session alone. */
+  #own(task: Promise<unknown>, what: string): void {
+    task.catch((err: unknown) => {
+      this.#deps.log.error({ err }, `internal error ${what}`);
+      this.#giveUp(`internal error ${what}`, 'internal');
+    });
+  }
+
   /** Every element of every link, from its bind on (the server routes to a bound resource at once). */
   readonly #fromLink = (el: TopLevel): void => {
     if (this.#heldBack) this.#heldBack.push(el);
@@ -172,15 +211,17 @@ export class Upstream extends EventEmitter {
 
   #use(link: UpstreamLink): void {
     this.#link = link;
-    link.once('close', (reason: string) => {
+    link.once('close', (reason: string, condition?: string) => {
       if (this.#link !== link) return;
       this.#link = undefined;
       this.custody.detach();
       if (this.#closed) return;
+      // Another connection took the resource: taking it back would kick that one, and so on.
+      if (condition === 'conflict') return this.#giveUp('the server gave this resource to another connection', 'conflict');
       this.#downSince = Date.now();
       if (this.#archive !== false) this.#idsSinceDrop ??= new Set();
       this.emit('down', reason);
-      void this.#reconnect();
+      this.#own(this.#reconnect(), 'reconnecting upstream');
     });
   }
 
@@ -220,12 +261,12 @@ export class Upstream extends EventEmitter {
       await sleep(delay * (0.5 + Math.random()));
       if (this.#closed) return;
       if (Date.now() - this.#downSince > reconnect.giveUpMs) {
-        return this.#giveUp(`upstream unreachable for ${Math.round((Date.now() - this.#downSince) / 1000)} s`, false);
+        return this.#giveUp(`upstream unreachable for ${Math.round((Date.now() - this.#downSince) / 1000)} s`, 'unreachable');
       }
       try {
         const link = await this.#deps.throttle(() => this.#deps.open(this.credential, this.#domain));
         if (this.#archive) this.#heldBack ??= [];
-        link.on('element', this.#fromLink);
+        this.#listen(link);
         const binding = link.bind(this.#resource, reconnect.requestTimeoutMs);
         // Pipelined behind the bind (RFC 6120 §10.1: handled in order, in one read): nothing
         // routed to the new resource can come between its bind and its presence, so what
@@ -241,6 +282,7 @@ export class Upstream extends EventEmitter {
           throw new Error(`the server bound another resource (${jid})`);
         }
         if (this.#archive === undefined) await this.#checkArchive(link);
+        if (this.#archive && this.custody.pending > 0) await this.#skipArchived(link);
         if (this.#closed) {
           this.#releaseHeldBack();
           return link.close(`<presence type='unavailable'/>`);
@@ -251,14 +293,30 @@ export class Upstream extends EventEmitter {
         this.#credentialAcceptedAt = Date.now();
         log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
         this.emit('up');
-        if (this.#archive) void this.#fillGap(link, this.#downSince);
+        if (this.#archive) this.#own(this.#fillGap(link, this.#downSince), 'filling the gap from the archive');
         return;
       } catch (err) {
-        if (err instanceof SaslFailure) return this.#giveUp(`the server refused the login (${err.condition})`, true);
+        if (err instanceof SaslFailure) return this.#giveUp(`the server refused the login (${err.condition})`, 'refused');
         log.info({ attempt }, `upstream reconnect failed: ${(err as Error).message}`);
         delay = Math.min(delay * 2, reconnect.maxDelayMs);
       }
     }
+  }
+
+  /**
+   * Design §4.5: a held message that the sender's own archive shows reached the server before
+   * the drop is not sent again (its recipients would get it twice).
+   */
+  async #skipArchived(link: UpstreamLink): Promise<void> {
+    const { requestTimeoutMs } = this.#deps.reconnect;
+    // Sent on the old link, so unconfirmed for at most a barrier's time before the drop.
+    const ids = await archivedOwnIds(link, { fullJid: this.#fullJid, startMs: this.#downSince - 2 * requestTimeoutMs - 10_000, timeoutMs: requestTimeoutMs });
+    if (!ids || ids.size === 0) return;
+    const skipped = this.custody.confirmWhere((raw) => {
+      const id = raw.startsWith('<message') ? MESSAGE_ID.exec(raw) : null;
+      return id !== null && ids.has(unescapeXML(id[1] ?? id[2]!));
+    });
+    if (skipped > 0) this.#deps.log.info({ skipped }, 'held messages the archive shows the server already had are not sent again');
   }
 
   /** Design §4.5: the session's state first (presence with caps, carbons, CSI). */
@@ -266,9 +324,14 @@ export class Upstream extends EventEmitter {
     if (this.#presence) link.send(this.#presence);
     if (this.#carbons) {
       const carbons = this.#carbons;
-      void link.request((id) => `<iq type='set' id='${id}'>${carbons}</iq>`, this.#deps.reconnect.requestTimeoutMs);
+      this.#own(link.request((id) => `<iq type='set' id='${id}'>${carbons}</iq>`, this.#deps.reconnect.requestTimeoutMs), 'replaying carbons');
     }
     if (this.#csi) link.send(this.#csi);
+  }
+
+  /** Design §4.1.3: the password is kept only while the session lives. */
+  #forgetCredential(): void {
+    this.#credential = { username: this.#credential.username, password: '' };
   }
 
   #releaseHeldBack(): void {
@@ -281,12 +344,17 @@ export class Upstream extends EventEmitter {
     this.#archive ??= await hasArchive(link, this.#bareJid, this.#deps.reconnect.requestTimeoutMs);
   }
 
-  #giveUp(reason: string, refused: boolean): void {
+  #giveUp(reason: string, kind: UpstreamFailure): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#forgetCredential();
     this.#releaseHeldBack();
+    const link = this.#link;
+    this.#link = undefined;
+    this.custody.detach();
+    link?.destroy();
     this.#deps.log.warn(`giving up on the upstream: ${reason}`);
-    this.emit('failed', reason, refused);
+    this.emit('failed', reason, kind);
   }
 }
 

@@ -16,6 +16,9 @@ import { STREAM_CLOSE } from './stream-header.ts';
  * - `end` (): the peer sent `</stream:stream>`.
  * - `streamError` (err: StreamError): the peer's input broke the rules; the owner decides
  *   whether to answer it (usually `fail(err)`).
+ * - `handlerError` (err: unknown): a listener of `start`, `element` or `end` threw (a bug). The
+ *   parser goes on with the next element; the owner decides what the bug costs (a client stream
+ *   ends with `internal-server-error`, an upstream link drops the element).
  * - `close` (): the socket is gone (after `end`, an error, or a network drop). Emitted once.
  */
 export class XmlStream extends EventEmitter {
@@ -57,11 +60,23 @@ export class XmlStream extends EventEmitter {
   /** Starts a new parser: the next input is a new stream header (RFC 6120 §4.3.3). */
   restart(): void {
     const parser = new StreamParser(this.#limits);
-    parser.on('start', (attrs) => this.emit('start', attrs));
-    parser.on('element', (el: TopLevel) => this.emit('element', el));
-    parser.on('end', () => this.emit('end'));
+    parser.on('start', (attrs) => this.#dispatch('start', attrs));
+    parser.on('element', (el: TopLevel) => this.#dispatch('element', el));
+    parser.on('end', () => this.#dispatch('end'));
     parser.on('error', (err: StreamError) => this.emit('streamError', err));
     this.#parser = parser;
+  }
+
+  /**
+   * A listener's exception must not pass through the parser: saxes would stop mid-chunk and the
+   * bug would be reported to the peer as its own malformed XML.
+   */
+  #dispatch(event: 'start' | 'element' | 'end', arg?: unknown): void {
+    try {
+      this.emit(event, arg);
+    } catch (err) {
+      this.emit('handlerError', err);
+    }
   }
 
   /**

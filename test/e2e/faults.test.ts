@@ -14,7 +14,7 @@ import t from 'tap';
 import { xml } from '@xmpp/client';
 import { startProsody, type ProsodyOptions } from '../harness/prosody.ts';
 import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
-import { FAST_UPSTREAM, chatPair, sleep } from '../harness/chat.ts';
+import { FAST_UPSTREAM, chatPair, sessionOf, sleep } from '../harness/chat.ts';
 import { TcpRelay } from '../harness/tcp-relay.ts';
 
 const VARIANTS: Array<{ name: string; prosody: ProsodyOptions }> = [
@@ -46,10 +46,7 @@ for (const variant of VARIANTS) {
     await waitFor(() => bodies.every((b) => bobGot.includes(b)), 'all 100 delivered', 30_000).catch(() => {});
     t.same(missing(bodies, bobGot), [], 'none lost');
     await sleep(500);
-    const duplicates = bobGot.length - new Set(bobGot).size;
-    t.comment(`duplicates after the cut: ${duplicates}`);
-    t.ok(duplicates <= 100, 'at most the unconfirmed ones are repeated');
-    t.same([...new Set(bobGot)], bodies, 'in order');
+    t.same(bobGot, bodies, 'each once, in order: nothing sent again reached bob twice');
     t.equal(drops.n, 0, 'no client saw the cut');
     t.ok(relay.accepted >= 4, 'both links were re-established through the relay');
     await alice.stop();
@@ -57,7 +54,9 @@ for (const variant of VARIANTS) {
   });
 
   t.test(`${variant.name}: ten upstream drops in a row during a two-way message stream`, async (t) => {
-    const { relay, alice, bob, aliceGot, bobGot, drops, say } = await setup(t, variant.prosody);
+    const { relay, tp, alice, bob, aliceGot, bobGot, drops, say } = await setup(t, variant.prosody);
+    const downs = { n: 0 };
+    for (const jid of ['alice@proxy.test/a', 'bob@proxy.test/b']) sessionOf(tp, jid).on('upstream-down', () => downs.n++);
     let sent = 0;
     let streaming = true;
     const stream = (async () => {
@@ -79,11 +78,14 @@ for (const variant of VARIANTS) {
     await waitFor(() => missing(want('a'), bobGot).length + missing(want('b'), aliceGot).length === 0, 'everything delivered', 30_000).catch(() => {});
     t.same(missing(want('a'), bobGot), [], `none of ${sent} lost from alice to bob`);
     t.same(missing(want('b'), aliceGot), [], `none of ${sent} lost from bob to alice`);
-    t.same([...new Set(bobGot)], want('a'), 'alice to bob in order');
-    t.same([...new Set(aliceGot)], want('b'), 'bob to alice in order');
-    t.comment(`duplicates: alice→bob ${bobGot.length - new Set(bobGot).size}, bob→alice ${aliceGot.length - new Set(aliceGot).size}`);
+    await sleep(500);
+    t.same(bobGot, want('a'), 'alice to bob: each once, in order');
+    t.same(aliceGot, want('b'), 'bob to alice: each once, in order');
     t.equal(drops.n, 0, 'no client saw any of the ten drops');
-    t.ok(relay.accepted >= 22, 'every drop was followed by new links');
+    // How many cuts hit a live link depends on the machine's speed; that they hit, and that
+    // both sessions are linked again at the end, does not.
+    t.ok(downs.n >= 1, `the cuts hit the upstream links (${downs.n} drops seen)`);
+    await waitFor(() => sessionOf(tp, 'alice@proxy.test/a').upstreamLinked && sessionOf(tp, 'bob@proxy.test/b').upstreamLinked, 'both linked again');
     await alice.stop();
     await bob.stop();
   });

@@ -12,6 +12,9 @@ export class TcpRelay {
   #frozen = false;
   /** Connections accepted so far (each upstream link is one). */
   accepted = 0;
+  /** Connections reset by {@link killOn}. */
+  killed = 0;
+  #kills: RegExp[] = [];
 
   private constructor(server: net.Server, port: number) {
     this.#server = server;
@@ -32,12 +35,25 @@ export class TcpRelay {
     const b = net.connect({ host: '127.0.0.1', port: targetPort });
     const pair = { a, b, frozen: this.#frozen };
     this.#pairs.add(pair);
-    const forward = (from: net.Socket, to: net.Socket) =>
-      from.on('data', (chunk) => {
+    const forward = (from: net.Socket, to: net.Socket, watch: boolean) =>
+      from.on('data', (chunk: Buffer) => {
+        if (watch && this.#kills.length > 0) {
+          // The proxy writes each event-loop turn's output as one chunk: a stanza is not split.
+          const text = chunk.toString('latin1');
+          const i = this.#kills.findIndex((k) => k.test(text));
+          if (i !== -1) {
+            // The upstream "dies" just as this arrives: the server never sees it.
+            this.#kills.splice(i, 1);
+            this.killed++;
+            reset(a);
+            reset(b);
+            return;
+          }
+        }
         if (!pair.frozen) to.write(chunk);
       });
-    forward(a, b);
-    forward(b, a);
+    forward(a, b, true);
+    forward(b, a, false);
     const close = () => {
       a.destroy();
       b.destroy();
@@ -47,6 +63,14 @@ export class TcpRelay {
       s.on('error', close);
       s.on('close', close);
     }
+  }
+
+  /**
+   * Arms a one-shot fault: the next connection on which the proxy sends something matching
+   * `pattern` (plain-text upstreams only) is reset before that data reaches the server.
+   */
+  killOn(pattern: RegExp): void {
+    this.#kills.push(pattern);
   }
 
   /** Live connections. */
