@@ -44,7 +44,8 @@ export class DuplicateWindow {
 }
 
 const NS_CARBONS = 'urn:xmpp:carbons:2';
-const NS_MAM = 'urn:xmpp:mam:';
+/** An archive query result (XEP-0313 §4.2), not ejabberd's `<archived xmlns='urn:xmpp:mam:tmp'/>` mark. */
+const MAM_RESULT = /<result\s[^>]*xmlns=['"]urn:xmpp:mam:/;
 const ORIGIN_ID = /<origin-id\s[^>]*?\bid=(?:'([^']*)'|"([^"]*)")/;
 
 /**
@@ -59,7 +60,7 @@ export function duplicateKey(el: TopLevel): number | undefined {
   let from: string | undefined = el.attrs.from;
   let id: string | undefined = el.attrs.id;
   let tag = 0;
-  if (raw.includes(NS_MAM)) return undefined;
+  if (MAM_RESULT.test(raw)) return undefined;
   if (raw.includes(NS_CARBONS)) {
     const wrapper = el.element().getChildElements().find((c) => c.attrs.xmlns === NS_CARBONS);
     const inner = wrapper?.getChild('forwarded')?.getChild('message');

@@ -95,38 +95,65 @@ async function pageArchive(
     for (const result of found) each(result);
     const finEl = fin.element().getChild('fin', NS_MAM);
     const last = finEl?.getChild('set', NS_RSM)?.getChildText('last');
-    if (finEl?.attrs.complete === 'true' || !last || found.length === 0) return true;
-    after = last;
+    const lastFound = found.at(-1)?.id;
+    // Go on after the last result that arrived, not the server's <last/>: results routed
+    // elsewhere (ejabberd sends some to a replaced session of the same resource) are asked again.
+    if (lastFound === undefined || (finEl?.attrs.complete === 'true' && lastFound === last)) return true;
+    after = lastFound;
   }
   return true;
 }
+
+/** Read passes of a gap fill: a pass that only extends the one before it is taken as settled. */
+const MAX_PASSES = 3;
 
 /**
  * Calls `deliver` with each archived message after `afterId` (or since `startMs`) addressed to
  * `fullJid` (or the bare JID) that did not come from the account itself, as the server had sent
  * it, plus its archive id. Resolves with how many were delivered and whether the fill is over:
- * `complete` is false only when the server did not answer, so the caller can try again after
- * the last id delivered.
+ * `complete` is false only when the server did not answer (nothing is delivered then, and the
+ * caller tries again from the same point on its next link).
+ *
+ * The archive is read until a read only extends the one before it: right after a reconnect the
+ * server is often still archiving what it handled late (a hung server catching up), and a read
+ * taken meanwhile can miss entries in its middle (seen with ejabberd's mnesia archive); those
+ * would then reach the client after newer ones.
  */
 export async function fillGap(
   link: UpstreamLink,
   opts: { bareJid: string; fullJid: string; afterId?: string; startMs: number; timeoutMs: number; maxPages?: number },
   deliver: (message: TopLevel, archivedId: string) => void,
 ): Promise<{ delivered: number; complete: boolean }> {
+  let previous: string[] = [];
+  let results: Archived[] = [];
+  for (let pass = 0; pass < MAX_PASSES; pass++) {
+    results = [];
+    const seen = new Set<string>();
+    const collect = (r: Archived): void => {
+      // A server may send a result twice (ejabberd did while catching up): once is enough.
+      if (!seen.has(r.id)) results.push(r);
+      seen.add(r.id);
+    };
+    if (!(await pageArchive(link, opts, collect))) return { delivered: 0, complete: false };
+    const ids = results.map((r) => r.id);
+    const extendsPrevious = pass > 0 && previous.every((id, i) => ids[i] === id);
+    previous = ids;
+    if (extendsPrevious) break;
+  }
   let delivered = 0;
-  const complete = await pageArchive(link, opts, ({ message, id, stamp }) => {
+  for (const { message, id, stamp } of results) {
     const to = String(message.attrs.to ?? '');
     const from = String(message.attrs.from ?? '');
-    if (bareJidOf(from) === opts.bareJid) return; // the account's own outgoing message
+    if (bareJidOf(from) === opts.bareJid) continue; // the account's own outgoing message
     // For this resource, or for the bare JID; not for another resource.
-    if (to !== opts.fullJid && (to.includes('/') || bareJidOf(to) !== opts.bareJid)) return;
+    if (to !== opts.fullJid && (to.includes('/') || bareJidOf(to) !== opts.bareJid)) continue;
     message.attrs.xmlns = undefined;
     message.remove('delay', 'urn:xmpp:delay');
     message.c('delay', { xmlns: 'urn:xmpp:delay', from: opts.bareJid.split('@')[1], stamp: stamp ?? new Date().toISOString() });
     deliver(new TopLevel('message', message.attrs as Record<string, string>, message.toString()), id);
     delivered++;
-  });
-  return { delivered, complete };
+  }
+  return { delivered, complete: true };
 }
 
 /**

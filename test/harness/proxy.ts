@@ -25,8 +25,16 @@ export interface TestProxy {
 
 type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
 
-/** Proxy config for a harness Prosody: upstream STARTTLS verified against Prosody's certificate. */
-export function testConfig(prosody: ProsodyInstance, overrides: DeepPartial<Config> = {}): Config {
+/** What the proxy needs of a harness server (Prosody or ejabberd). */
+export interface UpstreamServer {
+  domain: string;
+  c2sPort: number;
+  /** The server's self-signed certificate, trusted as a CA for the upstream link. */
+  caFile?: string;
+}
+
+/** Proxy config for a harness server: upstream STARTTLS verified against its certificate. */
+export function testConfig(prosody: UpstreamServer, overrides: DeepPartial<Config> = {}): Config {
   return {
     ...DEFAULTS,
     domains: [prosody.domain],
@@ -39,7 +47,7 @@ export function testConfig(prosody: ProsodyInstance, overrides: DeepPartial<Conf
   };
 }
 
-export async function startTestProxy(prosody: ProsodyInstance, overrides: DeepPartial<Config> = {}): Promise<TestProxy> {
+export async function startTestProxy(prosody: UpstreamServer, overrides: DeepPartial<Config> = {}): Promise<TestProxy> {
   const config = testConfig(prosody, overrides);
   const level = process.env.PROXY_LOG_LEVEL ?? 'silent';
   const proxy = await startProxy(config, pino({ level }, pino.destination(2)));

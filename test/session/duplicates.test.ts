@@ -33,6 +33,10 @@ t.test('origin-id stands in for a missing id; errors and archive results are nev
   t.equal(duplicateKey(error), undefined);
   const mam = el(`<message to='bob@x/b'><result xmlns='urn:xmpp:mam:2' queryid='q' id='1'><forwarded xmlns='urn:xmpp:forward:0'><message from='alice@x/a' id='m1'><body>hi</body></message></forwarded></result></message>`);
   t.equal(duplicateKey(mam), undefined, 'results of the client\'s own archive query');
+  const marked = (stamp: string) =>
+    el(`<message from='alice@x/a' to='bob@x/b' type='chat' id='m9'><archived by='bob@x' id='${stamp}' xmlns='urn:xmpp:mam:tmp'/><stanza-id by='bob@x' id='${stamp}' xmlns='urn:xmpp:sid:0'/><body>hi</body></message>`);
+  t.equal(w.seen(marked('1')), false);
+  t.equal(w.seen(marked('2')), true, "ejabberd's archived mark does not make a message an archive result; another archive id, same message");
 });
 
 t.test('carbons are keyed by the message they carry', async (t) => {
