@@ -140,6 +140,23 @@ t.test('a replaced stream that keeps writing feeds nothing into the session', as
   bob.send('</stream:stream>');
 });
 
+t.test('a stream that failed feeds nothing more: what it pipelined behind the offending element is dropped', async (t) => {
+  const bob = await bobListening(tp);
+  const { client } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'failing' });
+  client.send(`<enable xmlns='urn:xmpp:sm:3'/>`);
+  await client.next((el) => el.name === 'enabled');
+  // An ack of stanzas never sent ends the stream (XEP-0198 §4); the message behind it, in the
+  // same write, must not be relayed, nor the <r/> answered.
+  client.send(`<a xmlns='urn:xmpp:sm:3' h='999'/>` + chat('bob@proxy.test/desk', 'after the error') + `<r xmlns='urn:xmpp:sm:3'/>`);
+  t.equal(await client.streamError(), 'undefined-condition');
+  bob.send(chat('bob@proxy.test/desk', 'marker'));
+  await bob.next((el) => el.getChildText('body') === 'marker');
+  await sleep(300);
+  t.notOk(bodies(bob).includes('after the error'), 'not relayed');
+  t.notOk(client.received.some((el) => el.name === 'a'), 'no <a/> after the stream error');
+  bob.send('</stream:stream>');
+});
+
 t.test('a resuming client that vanishes during the custody wait leaves a hibernated session that still times out', async (t) => {
   const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
   t.teardown(() => prosody.stop());
