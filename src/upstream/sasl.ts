@@ -78,6 +78,7 @@ export function startExchange(mechanism: UpstreamMechanism, cred: PlainCredentia
 
 /** True when `password` is the kept one (constant-time: RFC 5802 §9's concern for verifiers). */
 export function verifyPassword(cached: PlainCredential, password: string): boolean {
+  if (cached.password === '') return false; // forgotten: the session ended
   const a = Buffer.from(cached.password);
   const b = Buffer.from(password);
   return a.length === b.length && timingSafeEqual(a, b);
