@@ -8,13 +8,15 @@ process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
 process.removeAllListeners('warning');
 
 import t from 'tap';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import type { TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { client, xml } from '@xmpp/client';
 import type { Element } from 'ltx';
+import { eventually } from '../cli/child.ts';
+import { runInChildNode } from './child-node.ts';
 import { startEjabberd, type EjabberdInstance } from './ejabberd.ts';
 import type { ProsodyInstance } from './prosody.ts';
 import { RawClient } from './raw-client.ts';
@@ -297,45 +299,16 @@ t.test('smacks + mam: XEP-0198 with resumption and MAM offered after login (tls 
   }
 });
 
-// Runs startEjabberd in a separate Node process and reports its pid, dir and node name on stdout,
-// then either exits normally without stop() or waits to be SIGKILLed.
+// Runs startEjabberd in a separate Node process (see runInChildNode) and reports its pid, dir
+// and node name on stdout.
 const CHILD_SCRIPT = `
   const { startEjabberd } = await import(${JSON.stringify(fileURLToPath(new URL('./ejabberd.ts', import.meta.url)))});
   const e = await startEjabberd();
   console.log(JSON.stringify({ pid: e.pid, dir: e.dir, nodeName: e.nodeName }));
-  if (process.argv[1] === 'exit') process.exit(3); else setInterval(() => {}, 1000);
 `;
 
-interface ChildReport {
-  child: ReturnType<typeof spawn>;
-  pid: number;
-  dir: string;
-  nodeName: string;
-}
-
-function runChild(mode: 'exit' | 'hang'): Promise<ChildReport> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import=tsx', '--input-type=module', '-e', CHILD_SCRIPT, mode], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => {
-      out += d;
-      const line = out.split('\n').find((l) => l.startsWith('{'));
-      if (line) resolve({ child, ...(JSON.parse(line) as Omit<ChildReport, 'child'>) });
-    });
-    child.once('exit', (code) => reject(new Error(`child exited (${code}) before reporting: ${out}`)));
-  });
-}
-
-async function nodeGone(nodeName: string): Promise<boolean> {
-  for (let i = 0; i < 100; i++) {
-    if (processes((c) => c.includes(nodeName)).size === 0) return true;
-    await sleep(50);
-  }
-  return false;
-}
+const runChild = (mode: 'exit' | 'hang') => runInChildNode<{ pid: number; dir: string; nodeName: string }>(CHILD_SCRIPT, mode);
+const nodeGone = (nodeName: string): Promise<boolean> => eventually(() => processes((c) => c.includes(nodeName)).size === 0, 5000);
 
 t.test('no ejabberd survives its Node process', async (t) => {
   const [exited, hung] = await Promise.all([runChild('exit'), runChild('hang')]);

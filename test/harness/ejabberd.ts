@@ -24,15 +24,16 @@
  * Every instance gets its own temp dir (config, Mnesia spool, logs, certificate, cookie), chowned
  * to the ejabberd user when the tests run as root.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants as fsConstants, readdirSync, readFileSync } from 'node:fs';
-import { access, chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort } from './prosody.ts';
+import { findExecutable, freePort, isExecutable, killAtExit, removeDirAtExit, run, ServerInstance, sleep, type ServerPlace } from './server-process.ts';
 
+/** Free loopback TCP port (see server-process.ts), the same function prosody.ts exports. */
 export { freePort };
 
 /** Options for {@link startEjabberd}. Every field is optional; defaults suit the proxy tests. */
@@ -115,50 +116,8 @@ const NOT_INSTALLED = `ejabberd not found: ${INSTALL_CMD}`;
 const READY_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 10_000;
 const CTL_TIMEOUT_MS = 30_000;
-/** Bytes of stdout/stderr kept per process, for error messages. */
-const OUTPUT_TAIL_BYTES = 64 * 1024;
 const STREAM_HEADER = (domain: string): string =>
   `<?xml version='1.0'?><stream:stream to='${domain}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>`;
-
-/**
- * Processes started by this module that have not exited yet (servers and control nodes). A test
- * that crashes or forgets stop() must not leave a server behind, so the 'exit' handler kills them.
- */
-const live = new Set<ChildProcess>();
-let exitHandlerInstalled = false;
-
-function installExitHandler(): void {
-  if (exitHandlerInstalled) return;
-  exitHandlerInstalled = true;
-  // Synchronous by necessity; SIGKILL also works on a SIGSTOPped beam.
-  process.on('exit', () => {
-    for (const child of live) {
-      try {
-        child.kill('SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  });
-}
-
-async function isExecutable(file: string): Promise<boolean> {
-  try {
-    await access(file, fsConstants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Find an executable on PATH (plus /usr/sbin, /usr/bin). */
-async function findExecutable(name: string): Promise<string | undefined> {
-  const dirs = [...(process.env.PATH ?? '').split(path.delimiter), '/usr/sbin', '/usr/bin'];
-  for (const dir of dirs) {
-    if (dir && (await isExecutable(path.join(dir, name)))) return path.join(dir, name);
-  }
-  return undefined;
-}
 
 interface Installation {
   /** The `erl` launcher ejabberdctl uses. */
@@ -207,44 +166,6 @@ function findInstallation(): Promise<Installation> {
   installation.catch(() => (installation = undefined));
   return installation;
 }
-
-/** Run a command, resolving with stdout; the error carries stdout and stderr. */
-function run(file: string, args: string[], timeoutMs = 30_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(file, args, { timeout: timeoutMs }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${path.basename(file)} ${args.join(' ')} failed: ${err.message}\n${stdout}${stderr}`.trim()));
-      else resolve(stdout);
-    });
-  });
-}
-
-/** Last n lines of a file, or a note saying it could not be read. */
-async function tailFile(file: string, n: number): Promise<string> {
-  try {
-    const text = await readFile(file, 'utf8');
-    return text.split('\n').slice(-n - 1).join('\n');
-  } catch (err) {
-    return `(cannot read ${file}: ${(err as Error).message})`;
-  }
-}
-
-async function fileSize(file: string): Promise<number> {
-  try {
-    return (await stat(file)).size;
-  } catch {
-    return 0;
-  }
-}
-
-async function readFrom(file: string, offset: number): Promise<string> {
-  try {
-    return (await readFile(file)).subarray(offset).toString('utf8');
-  } catch {
-    return '';
-  }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Open a stream and resolve with what arrived up to </stream:features>, or undefined when the
@@ -391,13 +312,8 @@ function descendants(root: number): Map<number, string> {
 }
 
 /** Implementation of {@link EjabberdInstance}; one beam at a time, restartable. */
-class Instance implements EjabberdInstance {
-  readonly host = '127.0.0.1' as const;
+class Instance extends ServerInstance implements EjabberdInstance {
   distPort = 0;
-  private child: ChildProcess | undefined;
-  private exited: Promise<void> = Promise.resolve();
-  private output = '';
-  private stopped = false;
   /**
    * The beam's descendants seen so far (erl_child_setup and what it spawned), pid -> cmdline;
    * reapLeftovers() makes sure none outlives the beam. They hold the beam's stdout/stderr, so a
@@ -406,19 +322,13 @@ class Instance implements EjabberdInstance {
   private readonly helpers = new Map<number, string>();
 
   constructor(
-    readonly domain: string,
-    readonly c2sPort: number,
-    readonly dir: string,
-    readonly configFile: string,
-    readonly logFile: string,
+    place: ServerPlace,
     readonly caFile: string,
     readonly nodeName: string,
     private readonly spoolDir: string,
     private readonly inst: Installation,
-  ) {}
-
-  get pid(): number | undefined {
-    return this.child?.pid;
+  ) {
+    super('ejabberd', place, STOP_GRACE_MS);
   }
 
   /** Environment of the server and control nodes: nothing inherited that erl would read (ERL_FLAGS...). */
@@ -474,95 +384,25 @@ class Instance implements EjabberdInstance {
       '-mnesia', 'dir', erlString(this.spoolDir),
       '-s', 'ejabberd',
     ]);
-    const logOffset = await fileSize(this.logFile);
-    const child = spawn(file, argv, { cwd: this.dir, env: this.env(), stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child = child;
-    this.output = '';
-    live.add(child);
-    installExitHandler();
-    const collect = (chunk: Buffer): void => {
-      this.output = (this.output + chunk.toString('utf8')).slice(-OUTPUT_TAIL_BYTES);
-    };
-    child.stdout!.on('data', collect);
-    child.stderr!.on('data', collect);
-
-    let exitInfo: string | undefined;
-    this.exited = new Promise<void>((resolve) => {
-      const gone = (info: string): void => {
-        exitInfo ??= info;
-        live.delete(child);
-        if (this.child === child) this.child = undefined;
-        // Any process still holding the write ends (an orphaned helper) would keep the pipes,
-        // and with them this Node process, alive: drop them once the last output had its chance.
-        setTimeout(() => {
-          child.stdout?.destroy();
-          child.stderr?.destroy();
-        }, 1000).unref();
-        resolve();
-      };
-      child.once('exit', (code, signal) => gone(signal ? `signal ${signal}` : `code ${code}`));
-      child.once('error', (err) => gone(`spawn error: ${err.message}`));
-    });
-
-    const deadline = Date.now() + READY_TIMEOUT_MS;
     const listening = `Start accepting TCP connections at 127.0.0.1:${this.c2sPort} for ejabberd_c2s`;
-    for (;;) {
-      const log = await readFrom(this.logFile, logOffset);
-      if (exitInfo !== undefined) {
-        throw new Error(
-          `ejabberd exited during startup (${exitInfo})` +
-            (log.includes('address already in use') ? ` (c2s port 127.0.0.1:${this.c2sPort} in use?)` : '') +
-            `\n--- log of this launch (${this.logFile}):\n${log.split('\n').slice(-40).join('\n').trim()}` +
-            `\n--- stdout/stderr:\n${this.output.split('\n').slice(-40).join('\n').trim()}`,
-        );
-      }
+    await this.startServer(file, argv, this.env(), {
+      serving: `serve XMPP on 127.0.0.1:${this.c2sPort}`,
+      timeoutMs: READY_TIMEOUT_MS,
+      pollMs: 100,
+      portTaken: (log) => log.includes('address already in use'),
       // The log line proves this launch bound the port (not some other listener); the probe
       // proves it serves XMPP.
-      if (log.includes(listening) && (await probeFeatures(this.c2sPort, this.domain, 2000)) !== undefined) {
-        if (exitInfo !== undefined) continue;
-        this.recordHelpers();
-        return;
-      }
-      if (Date.now() > deadline) {
-        const tail = await tailFile(this.logFile, 40);
-        await this.terminate();
-        throw new Error(
-          `ejabberd did not serve XMPP on 127.0.0.1:${this.c2sPort} within ${READY_TIMEOUT_MS} ms\n` +
-            `--- last log lines (${this.logFile}):\n${tail}\n--- stdout/stderr:\n${this.output.trim()}`,
-        );
-      }
-      await sleep(100);
-    }
+      ready: async (log) => log.includes(listening) && (await probeFeatures(this.c2sPort, this.domain, 2000)) !== undefined,
+    });
+    this.recordHelpers();
   }
 
   /** SIGTERM (+SIGCONT), SIGKILL after the grace period, then reap what the node left behind. */
-  private async terminate(): Promise<void> {
-    const child = this.child;
-    if (child) {
-      this.recordHelpers();
-      try {
-        // beam.smp turns SIGTERM into init:stop(): ejabberd stops its modules, Mnesia closes its
-        // dets files. A SIGSTOPped beam only acts on it once continued.
-        child.kill('SIGTERM');
-        child.kill('SIGCONT');
-      } catch {
-        // exited meanwhile
-      }
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = await Promise.race([
-        this.exited.then(() => false),
-        new Promise<boolean>((r) => (timer = setTimeout(() => r(true), STOP_GRACE_MS))),
-      ]);
-      clearTimeout(timer);
-      if (timedOut) {
-        try {
-          child.kill('SIGKILL');
-        } catch {
-          // exited meanwhile
-        }
-        await this.exited;
-      }
-    }
+  protected override async terminate(): Promise<void> {
+    // beam.smp turns SIGTERM into init:stop(): ejabberd stops its modules, Mnesia closes its
+    // dets files.
+    this.recordHelpers();
+    await super.terminate();
     await this.reapLeftovers();
   }
 
@@ -593,14 +433,14 @@ class Instance implements EjabberdInstance {
 
   /** Remember the running beam's descendants so stop() can make sure they are gone. */
   private recordHelpers(): void {
-    const pid = this.child?.pid;
+    const pid = this.pid;
     if (pid === undefined) return;
     for (const [p, cmdline] of descendants(pid)) this.helpers.set(p, cmdline);
   }
 
   /** Run a short-lived hidden Erlang node with these extra arguments; resolves with stdout. */
   private runNode(extraArgs: string[]): Promise<string> {
-    if (!this.child) return Promise.reject(new Error('ejabberd is not running'));
+    if (this.pid === undefined) return Promise.reject(new Error('ejabberd is not running'));
     const [file, argv] = this.command([
       '-sname', `ctl${randomBytes(4).toString('hex')}@localhost`,
       '-hidden',
@@ -611,12 +451,10 @@ class Instance implements EjabberdInstance {
     ]);
     return new Promise((resolve, reject) => {
       const child = execFile(file, argv, { cwd: this.dir, env: this.env(), timeout: CTL_TIMEOUT_MS, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-        live.delete(child);
         if (err) reject(new Error(`erl ${extraArgs.join(' ')} failed: ${err.message}\n${stdout}${stderr}`.trim()));
         else resolve(stdout);
       });
-      live.add(child);
-      installExitHandler();
+      killAtExit(child);
     });
   }
 
@@ -653,25 +491,10 @@ class Instance implements EjabberdInstance {
     return this.registerAll([]);
   }
 
-  async stop(): Promise<void> {
-    await this.terminate();
-    if (this.stopped) return;
-    this.stopped = true;
-    await rm(this.dir, { recursive: true, force: true });
-  }
-
-  kill(signal: NodeJS.Signals): void {
-    const child = this.child;
-    if (!child || child.pid === undefined) throw new Error(`ejabberd is not running (cannot send ${signal})`);
+  override kill(signal: NodeJS.Signals): void {
     // A SIGKILLed beam cannot clean up: note its descendants first for the next stop()/restart().
     if (signal === 'SIGKILL') this.recordHelpers();
-    process.kill(child.pid, signal);
-  }
-
-  async restart(): Promise<void> {
-    if (this.stopped) throw new Error('ejabberd instance was stopped; its dir is gone');
-    await this.terminate();
-    await this.launch();
+    super.kill(signal);
   }
 }
 
@@ -688,6 +511,7 @@ export async function startEjabberd(opts: EjabberdOptions = {}): Promise<Ejabber
   const port = opts.c2sPort ?? (await freePort());
 
   const dir = await mkdtemp(path.join(os.tmpdir(), 'ejabberd-harness-'));
+  removeDirAtExit(dir);
   let instance: Instance | undefined;
   try {
     const spoolDir = path.join(dir, 'spool');
@@ -735,7 +559,7 @@ export async function startEjabberd(opts: EjabberdOptions = {}): Promise<Ejabber
     }
 
     const nodeName = `ejh${randomBytes(4).toString('hex')}@localhost`;
-    instance = new Instance(domain, port, dir, configFile, logFile, caFile, nodeName, spoolDir, inst);
+    instance = new Instance({ domain, c2sPort: port, dir, configFile, logFile }, caFile, nodeName, spoolDir, inst);
     await instance.launch();
     const accounts = opts.accounts ?? [];
     if (accounts.length > 0) await instance.registerAll(accounts);

@@ -8,9 +8,10 @@ process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
 import t from 'tap';
 import net from 'node:net';
 import tls from 'node:tls';
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { eventually, processGone } from '../cli/child.ts';
+import { runInChildNode } from './child-node.ts';
 import { freePort, startProsody, type ProsodyInstance } from './prosody.ts';
 
 /** The subset of @xmpp/client 0.14 used here (the package ships no type declarations). */
@@ -95,20 +96,6 @@ function startTlsWithCa(port: number, domain: string, caFile: string): Promise<t
     sock.on('data', onData);
     sock.on('error', reject);
   });
-}
-
-/** True when the process exists and is not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
 }
 
 /** SASL mechanisms listed in a raw features blob. */
@@ -291,39 +278,16 @@ t.test('startup failures reject with the reason', async (t) => {
   await t.rejects(startProsody({ c2sPort: port, tls: 'none' }), /could not listen on 127\.0\.0\.1:\d+/);
 });
 
-// Runs startProsody in a separate Node process and reports Prosody's pid and dir on stdout,
-// then either exits normally without stop() or waits to be SIGKILLed.
+// Runs startProsody in a separate Node process (see runInChildNode) and reports Prosody's pid
+// and dir on stdout.
 const CHILD_SCRIPT = `
   const { startProsody } = await import(${JSON.stringify(fileURLToPath(new URL('./prosody.ts', import.meta.url)))});
   const p = await startProsody({ tls: 'none' });
   console.log(JSON.stringify({ pid: p.pid, dir: p.dir }));
-  if (process.argv[1] === 'exit') process.exit(3); else setInterval(() => {}, 1000);
 `;
 
-/** Start the child script; resolve with the child and what it printed. */
-function runChild(mode: 'exit' | 'hang'): Promise<{ child: ReturnType<typeof spawn>; pid: number; dir: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import=tsx', '--input-type=module', '-e', CHILD_SCRIPT, mode], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => {
-      out += d;
-      const line = out.split('\n').find((l) => l.startsWith('{'));
-      if (line) resolve({ child, ...(JSON.parse(line) as { pid: number; dir: string }) });
-    });
-    child.once('exit', (code) => reject(new Error(`child exited (${code}) before reporting: ${out}`)));
-  });
-}
-
-async function waitDead(pid: number): Promise<boolean> {
-  for (let i = 0; i < 100; i++) {
-    if (!alive(pid)) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return false;
-}
+const runChild = (mode: 'exit' | 'hang') => runInChildNode<{ pid: number; dir: string }>(CHILD_SCRIPT, mode);
+const waitDead = (pid: number): Promise<boolean> => eventually(() => processGone(pid), 5000);
 
 t.test('no Prosody survives its Node process', async (t) => {
   const exited = await runChild('exit');
@@ -332,7 +296,7 @@ t.test('no Prosody survives its Node process', async (t) => {
 
   const hung = await runChild('hang');
   t.teardown(() => rmSync(hung.dir, { recursive: true, force: true }));
-  t.ok(alive(hung.pid), 'Prosody runs while its parent does');
+  t.notOk(processGone(hung.pid), 'Prosody runs while its parent does');
   hung.child.kill('SIGKILL');
   t.ok(await waitDead(hung.pid), 'parent SIGKILLed (no exit handler): pdeathsig killed Prosody');
 });

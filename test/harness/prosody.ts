@@ -6,12 +6,14 @@
  * the pidfile and (unless tls is 'none') a self-signed certificate, so instances never share
  * state with each other or with a system-wide Prosody.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { constants as fsConstants, rmSync } from 'node:fs';
-import { access, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { findExecutable, freePort, removeDir, removeDirAtExit, run, ServerInstance, type ServerPlace } from './server-process.ts';
+
+/** Free loopback TCP port (see server-process.ts); exported here for the tests, bench and demo. */
+export { freePort };
 
 /** Options for {@link startProsody}. Every field is optional; defaults suit the proxy tests. */
 export interface ProsodyOptions {
@@ -79,81 +81,6 @@ export interface ProsodyInstance {
 const NOT_INSTALLED = 'prosody not found: apt-get install prosody lua-unbound';
 const READY_TIMEOUT_MS = 15_000;
 const STOP_GRACE_MS = 5_000;
-/** Bytes of stdout/stderr kept per process, for error messages. */
-const OUTPUT_TAIL_BYTES = 64 * 1024;
-
-/**
- * Processes started by this module that have not exited yet. A test that crashes or forgets
- * stop() must not leave a server behind holding a port, so the 'exit' handler below kills them.
- */
-const live = new Set<ChildProcess>();
-/** Temp dirs of instances not stop()ped yet (the process may be gone): removed at exit too. */
-const liveDirs = new Set<string>();
-let exitHandlerInstalled = false;
-
-function installExitHandler(): void {
-  if (exitHandlerInstalled) return;
-  exitHandlerInstalled = true;
-  // 'exit' handlers must be synchronous: a plain SIGKILL is all we can do here. SIGKILL also
-  // works on a SIGSTOPped process, which SIGTERM would not. Then the temp dirs go, so a crash,
-  // process.exit() or a second Ctrl-C in the demo leaves no /tmp/prosody-harness-* behind
-  // (a SIGKILL of this process still does: nothing runs then, only pdeathsig stops Prosody).
-  process.on('exit', () => {
-    for (const child of live) {
-      try {
-        child.kill('SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-    for (const dir of liveDirs) {
-      try {
-        // maxRetries: a Prosody just SIGKILLed may not be gone yet (ENOTEMPTY/EBUSY are retried).
-        rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
-      } catch {
-        // best effort: nothing can be done about it during exit
-      }
-    }
-  });
-}
-
-/**
- * Ask the kernel for a free TCP port: bind port 0 on 127.0.0.1, read the port, close.
- * Another process could grab it before it is used; on a test machine that race is acceptable.
- */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      if (addr === null || typeof addr === 'string') {
-        srv.close();
-        reject(new Error('freePort: unexpected server address'));
-        return;
-      }
-      const { port } = addr;
-      srv.close((err) => (err ? reject(err) : resolve(port)));
-    });
-  });
-}
-
-/** Find an executable on PATH (plus /usr/sbin, /usr/bin where Debian puts prosody). */
-async function findExecutable(name: string): Promise<string | undefined> {
-  const dirs = [...(process.env.PATH ?? '').split(path.delimiter), '/usr/sbin', '/usr/bin'];
-  for (const dir of dirs) {
-    if (!dir) continue;
-    const candidate = path.join(dir, name);
-    try {
-      await access(candidate, fsConstants.X_OK);
-      return candidate;
-    } catch {
-      // keep looking
-    }
-  }
-  return undefined;
-}
 
 /** Quote a JS string as a Lua string literal (paths and user input go into the config). */
 function lua(value: string): string {
@@ -165,47 +92,6 @@ function lua(value: string): string {
     else out += ch;
   }
   return out + '"';
-}
-
-/** Run a command, resolving with stdout; the error carries stdout and stderr because prosodyctl reports on either. */
-function run(file: string, args: string[], timeoutMs = 30_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(file, args, { timeout: timeoutMs }, (err, stdout, stderr) => {
-      if (err) {
-        reject(new Error(`${path.basename(file)} ${args.join(' ')} failed: ${err.message}\n${stdout}${stderr}`.trim()));
-      } else {
-        resolve(stdout);
-      }
-    });
-  });
-}
-
-/** Last n lines of a file, or a note saying it could not be read. */
-async function tailFile(file: string, n: number): Promise<string> {
-  try {
-    const text = await readFile(file, 'utf8');
-    return text.split('\n').slice(-n - 1).join('\n');
-  } catch (err) {
-    return `(cannot read ${file}: ${(err as Error).message})`;
-  }
-}
-
-/** Size of a file, 0 when it does not exist yet. */
-async function fileSize(file: string): Promise<number> {
-  try {
-    return (await stat(file)).size;
-  } catch {
-    return 0;
-  }
-}
-
-/** File contents from a byte offset on ('' when missing). */
-async function readFrom(file: string, offset: number): Promise<string> {
-  try {
-    return (await readFile(file)).subarray(offset).toString('utf8');
-  } catch {
-    return '';
-  }
 }
 
 /** Try one TCP connect; resolves true when something accepted it. */
@@ -223,8 +109,6 @@ function tryConnect(port: number): Promise<boolean> {
     sock.once('error', () => done(false));
   });
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Modules from core 0.12 that a proxy's clients plausibly use; nothing that opens other ports or the network. */
 const BASE_MODULES = [
@@ -314,27 +198,13 @@ function buildConfig(o: {
 }
 
 /** Implementation of {@link ProsodyInstance}; one Prosody process at a time, restartable. */
-class Instance implements ProsodyInstance {
-  readonly host = '127.0.0.1' as const;
-  private child: ChildProcess | undefined;
-  private exited: Promise<void> = Promise.resolve();
-  private output = '';
-  private stopped = false;
-
+class Instance extends ServerInstance implements ProsodyInstance {
   constructor(
-    readonly domain: string,
-    readonly c2sPort: number,
-    readonly dir: string,
-    readonly configFile: string,
-    readonly logFile: string,
+    place: ServerPlace,
     readonly caFile: string | undefined,
-    private readonly prosodyBin: string,
-    private readonly prosodyctlBin: string,
-    private readonly setprivBin: string | undefined,
-  ) {}
-
-  get pid(): number | undefined {
-    return this.child?.pid;
+    private readonly bin: { prosody: string; prosodyctl: string; setpriv: string | undefined },
+  ) {
+    super('prosody', place, STOP_GRACE_MS);
   }
 
   /** Spawn Prosody in the foreground and wait until the c2s port accepts connections. */
@@ -345,126 +215,23 @@ class Instance implements ProsodyInstance {
     // Prosody, so the PID is Prosody's own and kill() reaches it directly. Caveat: the kernel
     // ties pdeathsig to the spawning *thread*; libuv spawns on the calling thread, so a Prosody
     // started from a worker_thread dies with that worker.
-    const [file, argv] = this.setprivBin
-      ? [this.setprivBin, ['--pdeathsig', 'KILL', this.prosodyBin, ...args]]
-      : [this.prosodyBin, args];
-    // restart() appends to the same log; readiness must only look at this launch's lines.
-    const logOffset = await fileSize(this.logFile);
-    const child = spawn(file, argv, { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child = child;
-    this.output = '';
-    live.add(child);
-    installExitHandler();
-
-    const collect = (chunk: Buffer): void => {
-      this.output = (this.output + chunk.toString('utf8')).slice(-OUTPUT_TAIL_BYTES);
-    };
-    child.stdout!.on('data', collect);
-    child.stderr!.on('data', collect);
-
-    let exitInfo: string | undefined;
-    this.exited = new Promise<void>((resolve) => {
-      child.once('exit', (code, signal) => {
-        exitInfo = signal ? `signal ${signal}` : `code ${code}`;
-        live.delete(child);
-        if (this.child === child) this.child = undefined;
-        resolve();
-      });
-      // spawn failures (ENOENT etc.) emit 'error' and may never emit 'exit'.
-      child.once('error', (err) => {
-        exitInfo = `spawn error: ${err.message}`;
-        live.delete(child);
-        if (this.child === child) this.child = undefined;
-        resolve();
-      });
-    });
-
-    const deadline = Date.now() + READY_TIMEOUT_MS;
-    for (;;) {
-      if (exitInfo !== undefined) {
-        throw new Error(
-          `prosody exited during startup (${exitInfo}); output:\n${this.output.trim()}\n` +
-            `--- last log lines (${this.logFile}):\n${await tailFile(this.logFile, 30)}`,
-        );
-      }
+    const [file, argv] = this.bin.setpriv
+      ? [this.bin.setpriv, ['--pdeathsig', 'KILL', this.bin.prosody, ...args]]
+      : [this.bin.prosody, args];
+    await this.startServer(file, argv, undefined, {
+      serving: `accept connections on 127.0.0.1:${this.c2sPort}`,
+      timeoutMs: READY_TIMEOUT_MS,
+      pollMs: 50,
       // Prosody does not exit when it cannot bind its port: it logs an error and runs on with
       // "Activated service 'c2s' on no ports". A TCP connect alone would then succeed against
       // whoever holds the port, so the log of this launch must also confirm the listener.
-      const log = await readFrom(this.logFile, logOffset);
-      if (/Failed to open server port|Activated service 'c2s' on no ports/.test(log)) {
-        await this.terminate();
-        throw new Error(
-          `prosody could not listen on 127.0.0.1:${this.c2sPort} (port in use?)\n` +
-            `--- log of this launch (${this.logFile}):\n${log.trim()}`,
-        );
-      }
-      if (log.includes(`Activated service 'c2s' on [127.0.0.1]:${this.c2sPort}`) && (await tryConnect(this.c2sPort))) {
-        if (exitInfo === undefined) return;
-        continue;
-      }
-      if (Date.now() > deadline) {
-        const log = await tailFile(this.logFile, 30);
-        await this.terminate();
-        throw new Error(
-          `prosody did not accept connections on 127.0.0.1:${this.c2sPort} within ${READY_TIMEOUT_MS} ms\n` +
-            `--- last log lines (${this.logFile}):\n${log}\n--- stdout/stderr:\n${this.output.trim()}`,
-        );
-      }
-      await sleep(50);
-    }
-  }
-
-  /** SIGTERM, SIGKILL after the grace period; resolves once the process has exited. */
-  private async terminate(): Promise<void> {
-    const child = this.child;
-    if (!child) return;
-    try {
-      child.kill('SIGTERM');
-      // A SIGSTOPped process (fault-injection tests) only acts on SIGTERM once continued.
-      child.kill('SIGCONT');
-    } catch {
-      // exited meanwhile
-    }
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      this.exited.then(() => false),
-      new Promise<boolean>((r) => {
-        timer = setTimeout(() => r(true), STOP_GRACE_MS);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) {
-      try {
-        child.kill('SIGKILL');
-      } catch {
-        // exited meanwhile
-      }
-      await this.exited;
-    }
+      portTaken: (log) => /Failed to open server port|Activated service 'c2s' on no ports/.test(log),
+      ready: async (log) => log.includes(`Activated service 'c2s' on [127.0.0.1]:${this.c2sPort}`) && (await tryConnect(this.c2sPort)),
+    });
   }
 
   async register(user: string, password: string): Promise<void> {
-    await run(this.prosodyctlBin, ['--config', this.configFile, 'register', user, this.domain, password]);
-  }
-
-  async stop(): Promise<void> {
-    await this.terminate();
-    if (this.stopped) return;
-    this.stopped = true;
-    await rm(this.dir, { recursive: true, force: true });
-    liveDirs.delete(this.dir);
-  }
-
-  kill(signal: NodeJS.Signals): void {
-    const child = this.child;
-    if (!child || child.pid === undefined) throw new Error(`prosody is not running (cannot send ${signal})`);
-    process.kill(child.pid, signal);
-  }
-
-  async restart(): Promise<void> {
-    if (this.stopped) throw new Error('prosody instance was stopped; its dir is gone');
-    await this.terminate();
-    await this.launch();
+    await run(this.bin.prosodyctl, ['--config', this.configFile, 'register', user, this.domain, password]);
   }
 }
 
@@ -486,8 +253,7 @@ export async function startProsody(opts: ProsodyOptions = {}): Promise<ProsodyIn
   const port = opts.c2sPort ?? (await freePort());
 
   const dir = await mkdtemp(path.join(os.tmpdir(), 'prosody-harness-'));
-  liveDirs.add(dir);
-  installExitHandler();
+  removeDirAtExit(dir);
   try {
     await mkdir(path.join(dir, 'data'));
     await mkdir(path.join(dir, 'certs'));
@@ -527,13 +293,13 @@ export async function startProsody(opts: ProsodyOptions = {}): Promise<ProsodyIn
       }),
     );
 
-    const inst = new Instance(domain, port, dir, configFile, logFile, certFile, prosodyBin, prosodyctlBin, setprivBin);
+    const place = { domain, c2sPort: port, dir, configFile, logFile };
+    const inst = new Instance(place, certFile, { prosody: prosodyBin, prosodyctl: prosodyctlBin, setpriv: setprivBin });
     for (const a of opts.accounts ?? []) await inst.register(a.user, a.password);
     await inst.launch();
     return inst;
   } catch (err) {
-    await rm(dir, { recursive: true, force: true });
-    liveDirs.delete(dir);
+    await removeDir(dir);
     throw err;
   }
 }
