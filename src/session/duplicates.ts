@@ -9,8 +9,8 @@ import type { TopLevel } from '../xml/top-level.ts';
  *
  * The window is per recipient session and bounded: the last `size` messages' keys, hashed to
  * 53-bit numbers (about 30 bytes each), allocated with the first message that has an id.
- * The body is part of the key so that a client that reuses ids (against RFC 6120 §8.1.3)
- * still gets every different message.
+ * The body (its length, start and end) is part of the key so that a client that reuses ids
+ * (against RFC 6120 §8.1.3) still gets every different message.
  */
 export class DuplicateWindow {
   readonly #size: number;
@@ -60,7 +60,7 @@ export function duplicateKey(el: TopLevel): number | undefined {
   let from: string | undefined = el.attrs.from;
   let id: string | undefined = el.attrs.id;
   let tag = 0;
-  if (MAM_RESULT.test(raw)) return undefined;
+  if (raw.includes('urn:xmpp:mam:') && MAM_RESULT.test(raw)) return undefined;
   if (raw.includes(NS_CARBONS)) {
     const wrapper = el.element().getChildElements().find((c) => c.attrs.xmlns === NS_CARBONS);
     const inner = wrapper?.getChild('forwarded')?.getChild('message');
@@ -75,22 +75,22 @@ export function duplicateKey(el: TopLevel): number | undefined {
     id = origin?.[1] ?? origin?.[2];
   }
   if (id === undefined || from === undefined) return undefined;
-  let h1 = 0x811c9dc5 ^ tag;
-  let h2 = 0x050c5d1f ^ tag;
-  const mix = (s: string): void => {
-    for (let i = 0; i < s.length; i++) {
-      const c = s.charCodeAt(i);
-      h1 = Math.imul(h1 ^ c, 0x01000193);
-      h2 = Math.imul(h2 ^ c, 0x5bd1e995);
-    }
-    h1 = Math.imul(h1 ^ 0xff, 0x01000193);
-    h2 = Math.imul(h2 ^ 0xff, 0x5bd1e995);
-  };
-  mix(from);
-  mix(id);
-  mix(bodyOf(raw));
-  // Two 32-bit FNV-style hashes make one 53-bit key (a safe integer: exact in a double).
-  return (h1 >>> 0) * 0x200000 + ((h2 >>> 0) & 0x1fffff);
+  // Per-stanza path: one 32-bit FNV-1a pass over the short parts (sender, id, the body's first
+  // and last characters), and the body's exact length in the low 21 bits of the 53-bit key.
+  const body = bodyOf(raw);
+  let h = fnv(0x811c9dc5 ^ tag, from);
+  h = fnv(h, id);
+  h = fnv(h, body.length <= 2 * FINGERPRINT ? body : body.slice(0, FINGERPRINT) + body.slice(-FINGERPRINT));
+  return (h >>> 0) * 0x200000 + (body.length & 0x1fffff);
+}
+
+/** Characters of a body's start and of its end that go into its key (with its exact length). */
+const FINGERPRINT = 8;
+
+/** FNV-1a over `s` from hash `h`, plus a separator so that ('ab','c') and ('a','bc') differ. */
+function fnv(h: number, s: string): number {
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return Math.imul(h ^ 0xff, 0x01000193);
 }
 
 /** The body's text as serialized (both copies come from the same server: the same text). */
