@@ -13,7 +13,8 @@
 import t from 'tap';
 import { xml } from '@xmpp/client';
 import { startProsody, type ProsodyOptions } from '../harness/prosody.ts';
-import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
+import { startTestProxy, clientFor, waitFor, ACCOUNTS } from '../harness/proxy.ts';
+import { RawClient } from '../harness/raw-client.ts';
 import { FAST_UPSTREAM, chatPair, sessionOf, sleep } from '../harness/chat.ts';
 import { TcpRelay } from '../harness/tcp-relay.ts';
 
@@ -90,6 +91,32 @@ for (const variant of VARIANTS) {
     await bob.stop();
   });
 }
+
+t.test('Prosody with MAM: a recipient outside the proxy gets each message once after a cut (the sender\'s archive is checked before re-sending)', async (t) => {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, mam: true });
+  t.teardown(() => prosody.stop());
+  const relay = await TcpRelay.start(prosody.c2sPort);
+  t.teardown(() => relay.close());
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
+  t.teardown(() => tp.close());
+  // bob talks to Prosody directly: the proxy's duplicate window cannot help him.
+  const { client: bob } = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'direct' });
+  bob.send('<presence/>');
+  const alice = clientFor(tp, 'alice', 'alice-pw', { resource: 'a' });
+  await alice.start();
+  const session = sessionOf(tp, 'alice@proxy.test/a');
+  await waitFor(() => session.sm.enabled, 'SM enabled');
+  const bodies = Array.from({ length: 100 }, (_, i) => `m${i + 1}`);
+  const got = () => bob.received.filter((el) => el.name === 'message').map((el) => el.getChildText('body')).filter((b) => b !== null);
+  for (const body of bodies) void alice.send(xmlMessage('bob@proxy.test/direct', body));
+  await waitFor(() => got().length >= 20, 'some reached bob before the cut');
+  relay.cutAll();
+  await waitFor(() => bodies.every((b) => got().includes(b)), 'all 100 delivered', 30_000).catch(() => {});
+  await sleep(1000);
+  t.same(got(), bodies, 'each once, in order');
+  await alice.stop();
+  bob.send('</stream:stream>');
+});
 
 function xmlMessage(to: string, body: string) {
   return xml('message', { to, type: 'chat' }, xml('body', {}, body));
