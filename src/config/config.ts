@@ -49,8 +49,9 @@ export interface Config {
     /** Upstream logins in flight at once, proxy-wide (spreads the reconnects after an outage). */
     maxConcurrentLogins: number;
     /**
-     * Use the server's own XEP-0198 acks (without resumption) for custody when it offers them;
-     * a server whose acks stop answering or count wrong falls back to ping barriers (design §4.4).
+     * Use the server's own XEP-0198 for custody when it offers it (acks; a lost link's server
+     * session is resumed by the next link when the server granted resumption); a server whose
+     * acks stop answering or count wrong falls back to ping barriers (design §4.4).
      */
     streamManagement: boolean;
     /**

@@ -51,7 +51,7 @@ export class Custody extends EventEmitter {
   push(raw: string): void {
     this.#held.push(raw);
     if (!this.#link) return;
-    this.#link.send(raw);
+    this.#link.send(raw, true);
     this.#sent++;
     this.#scheduleBarrier();
   }
@@ -65,7 +65,7 @@ export class Custody extends EventEmitter {
   attach(link: UpstreamLink): void {
     this.#link = link;
     this.#barrierOut = false;
-    for (const raw of this.#held) link.send(raw);
+    for (const raw of this.#held) link.send(raw, true);
     this.#sent = this.#held.length;
     this.#scheduleBarrier();
   }
@@ -101,6 +101,19 @@ export class Custody extends EventEmitter {
       if (!ok) return false;
     }
     return this.#sent === 0;
+  }
+
+  /**
+   * While no link is attached: the oldest `n` held stanzas reached the server after all (its
+   * resumed SM session counted them), so they count as confirmed and are not sent again.
+   */
+  confirmFirst(n: number): void {
+    if (this.#link || n <= 0) return;
+    n = Math.min(n, this.#held.length);
+    this.#held.splice(0, n);
+    const uncounted = Math.min(n, this.#uncounted);
+    this.#uncounted -= uncounted;
+    this.emit('confirmed', n, n - uncounted);
   }
 
   /**

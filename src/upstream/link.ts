@@ -195,10 +195,13 @@ export class UpstreamLink extends EventEmitter {
     }
   }
 
-  /** Sends serialized XML (a stanza or nonza) to the server. */
-  send(xml: string): void {
+  /**
+   * Sends serialized XML (a stanza or nonza) to the server; `custody` marks a client stanza
+   * held in custody (its count matters when the server's SM session is resumed).
+   */
+  send(xml: string, custody = false): void {
     this.#writes++;
-    this.#sm?.countOut(xml);
+    this.#sm?.countOut(xml, custody);
     this.#stream.write(xml);
   }
 
@@ -215,6 +218,35 @@ export class UpstreamLink extends EventEmitter {
   enableSm(): ServerSm | undefined {
     if (!this.#sm && this.features.getChild('sm', NS.sm)) this.#sm = new ServerSm((xml) => this.#stream.write(xml));
     return this.#sm;
+  }
+
+  /**
+   * Resumes the server's SM session of an earlier link (XEP-0198 §5), in place of binding.
+   * Resolves with the server's `h` (how many of our stanzas it handled) once `<resumed/>` came,
+   * or undefined on `<failed/>`, timeout or a closed link (the link may still bind then).
+   * The stanzas the server re-sends right after `<resumed/>` arrive as `element`s.
+   */
+  async resumeSm(previous: ServerSm, timeoutMs: number): Promise<number | undefined> {
+    if (this.#sm || !this.features.getChild('sm', NS.sm)) return undefined;
+    const sm = new ServerSm((xml) => this.#stream.write(xml), previous);
+    this.#sm = sm;
+    return new Promise((resolve) => {
+      const done = (h: number | undefined): void => {
+        clearTimeout(timer);
+        sm.off('state', onState);
+        this.off('close', onClose);
+        if (h === undefined && this.#sm === sm) this.#sm = undefined; // the link may enable afresh
+        resolve(h);
+      };
+      const onState = (state: string, detail?: string): void => {
+        if (state === 'resumed') done(Number(detail));
+        else if (state === 'off') done(undefined);
+      };
+      const onClose = (): void => done(undefined);
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      sm.on('state', onState);
+      this.once('close', onClose);
+    });
   }
 
   /**

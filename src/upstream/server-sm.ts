@@ -7,6 +7,8 @@ import { addH, diffH, parseH } from '../sm/counter.ts';
 export type ServerSmState =
   /** `<enable/>` sent, no answer yet. */
   | 'requested'
+  /** `<resume/>` sent for an earlier link's session, no answer yet. */
+  | 'resuming'
   /** `<enabled/>` received: its acks are trusted. */
   | 'enabled'
   /** The server refused (`<failed/>`) or never offered it. */
@@ -40,22 +42,63 @@ export class ServerSm extends EventEmitter {
   #waiting: { expected: number; resolve: (outcome: 'confirmed' | 'broken' | 'timeout') => void; timer: NodeJS.Timeout } | undefined;
   /** The `h` a timed-out `<r/>` still awaits (a slow server may answer it late). */
   #late: number | undefined;
+  /** The server's resumption id (XEP-0198 §5), when it granted resumption. */
+  #id: string | undefined;
+  /** `#outbound` when the server last confirmed everything (its `h` then). */
+  #acked = 0;
+  /** For each stanza written since `#acked`: whether it was a client stanza held in custody. */
+  #custody: boolean[] = [];
   readonly #write: (xml: string) => void;
 
-  /** Sends `<enable/>` (XEP-0198 §3, no resumption) through `write`. */
-  constructor(write: (xml: string) => void) {
+  /**
+   * Sends `<enable resume='true'/>` (XEP-0198 §3) through `write`; with `previous`, the server
+   * session of an earlier link is resumed instead (`<resume previd h/>`, §5): the server then
+   * re-sends what it wrote to the dead link, and nothing of the session's server state is lost.
+   */
+  constructor(write: (xml: string) => void, previous?: ServerSm) {
     super();
     this.#write = write;
-    write(`<enable xmlns='${NS.sm}'/>`);
+    if (previous === undefined || previous.#id === undefined) {
+      write(`<enable xmlns='${NS.sm}' resume='true'/>`);
+      return;
+    }
+    this.#state = 'resuming';
+    this.#id = previous.#id;
+    this.#inbound = previous.#inbound;
+    this.#outbound = previous.#outbound;
+    this.#acked = previous.#acked;
+    this.#custody = [...previous.#custody];
+    write(`<resume xmlns='${NS.sm}' previd='${previous.#id}' h='${previous.#inbound}'/>`);
+  }
+
+  /** True when the server granted resumption and its counts were trusted to the end. */
+  get resumable(): boolean {
+    return this.#id !== undefined && this.#state === 'enabled';
+  }
+
+  /**
+   * After `<resumed h/>`: how many of the client stanzas held in custody (the oldest first) the
+   * server had handled, or -1 when `h` is not possible (more than was written).
+   */
+  custodyHandled(h: number): number {
+    const handled = diffH(h, this.#acked);
+    if (handled > this.#custody.length) return -1;
+    return this.#custody.slice(0, handled).filter(Boolean).length;
   }
 
   get state(): ServerSmState {
     return this.#state;
   }
 
-  /** Counts a stanza written to the server (call for every write after `<enable/>`). */
-  countOut(xml: string): void {
-    if (isStanzaText(xml)) this.#outbound = addH(this.#outbound, 1);
+  /**
+   * Counts a stanza written to the server (call for every write after `<enable/>`);
+   * `custody` marks the client stanzas held in custody.
+   */
+  countOut(xml: string, custody: boolean): void {
+    if (!isStanzaText(xml)) return;
+    this.#outbound = addH(this.#outbound, 1);
+    // Bounded by what stays unconfirmed: an <a/> that confirms all empties it.
+    this.#custody.push(custody);
   }
 
   /**
@@ -71,10 +114,28 @@ export class ServerSm extends EventEmitter {
     }
     switch (el.name) {
       case 'enabled':
-        if (this.#state === 'requested') this.#set('enabled');
+        if (this.#state !== 'requested') break;
+        if (el.attrs.resume === 'true' || el.attrs.resume === '1') this.#id = el.attrs.id || undefined;
+        this.#set('enabled');
         break;
+      case 'resumed': {
+        const h = parseH(el.attrs.h);
+        if (this.#state !== 'resuming') break;
+        if (h === undefined || this.custodyHandled(h) < 0) {
+          this.#set('off', `<resumed h='${el.attrs.h}'/> where ${this.#custody.length} stanzas were unconfirmed`);
+          break;
+        }
+        // XEP-0198 §5: the server handled h; counting goes on from there. The listener reads
+        // custodyHandled(h) first, so the old counts go only after it.
+        this.#state = 'enabled';
+        this.emit('state', 'resumed', String(h));
+        this.#outbound = h;
+        this.#acked = h;
+        this.#custody = [];
+        break;
+      }
       case 'failed':
-        if (this.#state === 'requested') this.#set('off');
+        if (this.#state === 'requested' || this.#state === 'resuming') this.#set('off');
         else this.abandon('the server sent <failed/> on an enabled stream');
         break;
       case 'r':
@@ -133,13 +194,17 @@ export class ServerSm extends EventEmitter {
       if (this.#late === undefined) return;
       const late = this.#late;
       this.#late = undefined;
-      if (parseH(value) !== late) this.abandon(`the server acked h=${value} where ${late} stanzas were sent`);
+      if (parseH(value) !== late) return this.abandon(`the server acked h=${value} where ${late} stanzas were sent`);
+      this.#custody.splice(0, diffH(late, this.#acked));
+      this.#acked = late;
       return;
     }
     const h = parseH(value);
     if (h === undefined || diffH(h, waiting.expected) !== 0) {
       return this.abandon(`the server acked h=${value} where ${waiting.expected} stanzas were sent`);
     }
+    this.#custody.splice(0, diffH(h, this.#acked));
+    this.#acked = h;
     this.#settle('confirmed');
   }
 

@@ -4,6 +4,7 @@ import { unescapeXML, type Element } from 'ltx';
 import type { Logger } from 'pino';
 import { SaslFailure, UpstreamLink } from './link.ts';
 import { Custody } from './custody.ts';
+import type { ServerSm } from './server-sm.ts';
 import { archiveId, archivedOwnIds, fillGap, hasArchive } from './gap-fill.ts';
 import type { PlainCredential } from './sasl.ts';
 import type { TopLevel } from '../xml/top-level.ts';
@@ -80,6 +81,8 @@ export class Upstream extends EventEmitter {
   #lastArchiveId: string | undefined;
   #idsSinceDrop: Set<string> | undefined;
   #link: UpstreamLink | undefined;
+  /** The lost link's server SM session, to be resumed by the next link. */
+  #lastSm: ServerSm | undefined;
   /** The server's SM was found broken on an earlier link: barriers only from now on. */
   #serverAcksBroken = false;
   /** Elements of a new link held back while the gap is filled, so the client gets server order. */
@@ -214,6 +217,8 @@ export class Upstream extends EventEmitter {
     link.once('close', (reason: string, condition?: string) => {
       if (this.#link !== link) return;
       this.#link = undefined;
+      // The server keeps this session for a while: the next link resumes it (XEP-0198 §5).
+      this.#lastSm = link.sm?.resumable ? link.sm : undefined;
       this.custody.detach();
       if (this.#closed) return;
       // Another connection took the resource: taking it back would kick that one, and so on.
@@ -267,6 +272,7 @@ export class Upstream extends EventEmitter {
         const link = await this.#deps.throttle(() => this.#deps.open(this.credential, this.#domain));
         if (this.#archive) this.#heldBack ??= [];
         this.#listen(link);
+        if (await this.#resume(link)) return log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream session resumed');
         const binding = link.bind(this.#resource, reconnect.requestTimeoutMs);
         // Pipelined behind the bind (RFC 6120 §10.1: handled in order, in one read): nothing
         // routed to the new resource can come between its bind and its presence, so what
@@ -301,6 +307,43 @@ export class Upstream extends EventEmitter {
         delay = Math.min(delay * 2, reconnect.maxDelayMs);
       }
     }
+  }
+
+  /**
+   * Resumes the server's own XEP-0198 session of the lost link on `link` (§5), when it granted
+   * resumption and its counts held: the server re-sends what it wrote to the dead link, keeps
+   * the session's state (presence, carbons, rooms) and has no old session left to route to.
+   * The held client stanzas it had handled are confirmed; the rest go again. Resolves false
+   * (the caller binds) when there is nothing to resume or the server refused.
+   */
+  async #resume(link: UpstreamLink): Promise<boolean> {
+    const previous = this.#lastSm;
+    this.#lastSm = undefined;
+    if (!previous || this.#serverAcksBroken || !this.#deps.serverAcks) return false;
+    const h = await link.resumeSm(previous, this.#deps.reconnect.requestTimeoutMs);
+    if (h === undefined) return false;
+    const handled = previous.custodyHandled(h); // checked (>= 0) before <resumed/> was accepted
+    const sm = link.sm!;
+    sm.on('state', (state: string, reason?: string) => {
+      if (state !== 'broken') return;
+      this.#serverAcksBroken = true;
+      this.#deps.log.warn(`upstream stream management unreliable (${reason}): custody falls back to ping barriers`);
+    });
+    if (this.#closed || link.closed) {
+      if (!link.closed) link.close(`<presence type='unavailable'/>`);
+      this.#releaseHeldBack();
+      return true;
+    }
+    this.custody.confirmFirst(handled);
+    if (this.#csi) link.send(this.#csi);
+    // The server re-sent what the dead link missed: no gap to fill.
+    this.#releaseHeldBack();
+    this.#idsSinceDrop = undefined;
+    this.#use(link);
+    this.custody.attach(link);
+    this.#credentialAcceptedAt = Date.now();
+    this.emit('up');
+    return true;
   }
 
   /**
