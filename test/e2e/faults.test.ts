@@ -12,24 +12,18 @@
  */
 import t from 'tap';
 import { xml } from '@xmpp/client';
-import { startProsody, type ProsodyOptions } from '../harness/prosody.ts';
-import { startTestProxy, clientFor, waitFor, ACCOUNTS } from '../harness/proxy.ts';
+import type { ProsodyOptions } from '../harness/prosody.ts';
+import { clientFor, waitFor } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
-import { FAST_UPSTREAM, chatPair, sessionOf, sleep } from '../harness/chat.ts';
-import { TcpRelay } from '../harness/tcp-relay.ts';
+import { chatPair, prosodyBehindRelay, sessionOf, sleep, twoWayStream } from '../harness/chat.ts';
 
 const VARIANTS: Array<{ name: string; prosody: ProsodyOptions }> = [
   { name: 'Prosody with MAM, without SM', prosody: { mam: true } },
-  { name: 'Prosody with its own SM (used without resumption), without MAM', prosody: { smacks: true } },
+  { name: 'Prosody with its own SM (resumed by the proxy after a drop), without MAM', prosody: { smacks: true } },
 ];
 
 async function setup(t: { teardown(fn: () => unknown): void }, prosodyOptions: ProsodyOptions) {
-  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, ...prosodyOptions });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
-  t.teardown(() => tp.close());
+  const { relay, tp } = await prosodyBehindRelay(t, prosodyOptions);
   return { relay, tp, ...(await chatPair(tp)) };
 }
 
@@ -55,26 +49,17 @@ for (const variant of VARIANTS) {
   });
 
   t.test(`${variant.name}: ten upstream drops in a row during a two-way message stream`, async (t) => {
-    const { relay, tp, alice, bob, aliceGot, bobGot, drops, say } = await setup(t, variant.prosody);
+    const pair = await setup(t, variant.prosody);
+    const { relay, tp, alice, bob, aliceGot, bobGot, drops } = pair;
     const downs = { n: 0 };
     for (const jid of ['alice@proxy.test/a', 'bob@proxy.test/b']) sessionOf(tp, jid).on('upstream-down', () => downs.n++);
-    let sent = 0;
-    let streaming = true;
-    const stream = (async () => {
-      while (streaming) {
-        sent++;
-        await say(alice, 'bob@proxy.test/b', `a${sent}`);
-        await say(bob, 'alice@proxy.test/a', `b${sent}`);
-        await sleep(20);
-      }
-    })();
+    const stream = twoWayStream(pair, 20);
     for (let i = 0; i < 10; i++) {
       await sleep(400);
       relay.cutAll();
     }
     await sleep(300);
-    streaming = false;
-    await stream;
+    const sent = await stream.stop();
     const want = (p: string) => Array.from({ length: sent }, (_, i) => `${p}${i + 1}`);
     await waitFor(() => missing(want('a'), bobGot).length + missing(want('b'), aliceGot).length === 0, 'everything delivered', 30_000).catch(() => {});
     t.same(missing(want('a'), bobGot), [], `none of ${sent} lost from alice to bob`);
@@ -93,12 +78,7 @@ for (const variant of VARIANTS) {
 }
 
 t.test('Prosody with MAM: a recipient outside the proxy gets each message once after a cut (the sender\'s archive is checked before re-sending)', async (t) => {
-  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, mam: true });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
-  t.teardown(() => tp.close());
+  const { prosody, relay, tp } = await prosodyBehindRelay(t, { mam: true });
   // bob talks to Prosody directly: the proxy's duplicate window cannot help him.
   const { client: bob } = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'direct' });
   bob.send('<presence/>');

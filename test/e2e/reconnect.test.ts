@@ -2,8 +2,7 @@ import t from 'tap';
 import type { Element } from 'ltx';
 import { startProsody } from '../harness/prosody.ts';
 import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
-import { FAST_UPSTREAM, chatPair, count, sessionOf, sleep } from '../harness/chat.ts';
-import { TcpRelay } from '../harness/tcp-relay.ts';
+import { FAST_UPSTREAM, chatPair, count, prosodyBehindRelay, sessionOf, sleep } from '../harness/chat.ts';
 import { RawClient } from '../harness/raw-client.ts';
 
 t.test('Prosody restarts while two clients chat: no client sees it, every message arrives once', async (t) => {
@@ -65,12 +64,7 @@ t.test('a half-open upstream (Prosody stopped with SIGSTOP) is detected and repl
 });
 
 t.test('a client hibernated when the upstream drops still resumes and gets everything', async (t) => {
-  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
-  t.teardown(() => tp.close());
+  const { prosody, relay, tp } = await prosodyBehindRelay(t);
   const { client: alice } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'phone' });
   alice.send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`);
   const id = (await alice.next((el) => el.name === 'enabled')).attrs.id as string;

@@ -16,7 +16,7 @@ import t from 'tap';
 import { startProsody } from '../harness/prosody.ts';
 import { startEjabberd } from '../harness/ejabberd.ts';
 import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
-import { FAST_UPSTREAM, chatPair, sessionOf, sleep } from '../harness/chat.ts';
+import { FAST_UPSTREAM, chatPair, sessionOf, sleep, twoWayStream } from '../harness/chat.ts';
 
 interface Server {
   domain: string;
@@ -66,26 +66,17 @@ for (const { name, start } of SERVERS) {
       t.teardown(() => server.stop());
       const tp = await startTestProxy(server, { upstream: FAST_UPSTREAM });
       t.teardown(() => tp.close());
-      const { alice, bob, aliceGot, bobGot, drops, say } = await chatPair(tp);
+      const pair = await chatPair(tp);
+      const { alice, bob, aliceGot, bobGot, drops } = pair;
       const sessions = ['alice@proxy.test/a', 'bob@proxy.test/b'].map((jid) => sessionOf(tp, jid));
       let downs = 0;
       for (const s of sessions) s.on('upstream-down', () => downs++);
-      let sent = 0;
-      let streaming = true;
-      const stream = (async () => {
-        while (streaming) {
-          sent++;
-          await say(alice, 'bob@proxy.test/b', `a${sent}`);
-          await say(bob, 'alice@proxy.test/a', `b${sent}`);
-          await sleep(100);
-        }
-      })();
+      const stream = twoWayStream(pair, 100);
       await sleep(500);
       await fault.inject(server);
       await waitFor(() => downs >= 2 && sessions.every((s) => s.upstreamLinked), 'both sessions linked again', 60_000);
       await sleep(1000);
-      streaming = false;
-      await stream;
+      const sent = await stream.stop();
       const want = (p: string) => Array.from({ length: sent }, (_, i) => `${p}${i + 1}`);
       await waitFor(() => want('a').every((b) => bobGot.includes(b)) && want('b').every((b) => aliceGot.includes(b)), 'everything delivered', 30_000).catch(() => {});
       await sleep(1000); // late duplicates, if any, would show now

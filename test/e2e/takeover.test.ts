@@ -6,10 +6,9 @@
  * answered by logging in again.
  */
 import t from 'tap';
-import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, clientFor, waitFor, bodiesOf, ACCOUNTS, type TestProxy } from '../harness/proxy.ts';
-import { FAST_UPSTREAM, sessionOf, sleep } from '../harness/chat.ts';
-import { TcpRelay } from '../harness/tcp-relay.ts';
+import { clientFor, waitFor, bodiesOf, type TestProxy } from '../harness/proxy.ts';
+import { prosodyBehindRelay, sessionOf, sleep } from '../harness/chat.ts';
+import type { TcpRelay } from '../harness/tcp-relay.ts';
 import { RawClient } from '../harness/raw-client.ts';
 import { Slixmpp } from '../harness/slixmpp.ts';
 import { xml } from '@xmpp/client';
@@ -18,12 +17,7 @@ const rejections: unknown[] = [];
 process.on('unhandledRejection', (reason) => rejections.push(reason));
 
 async function setup(t: { teardown(fn: () => unknown): void }): Promise<{ tp: TestProxy; relay: TcpRelay; prosodyPort: number }> {
-  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
-  t.teardown(() => tp.close());
+  const { prosody, relay, tp } = await prosodyBehindRelay(t);
   return { tp, relay, prosodyPort: prosody.c2sPort };
 }
 

@@ -2,7 +2,9 @@
  * Two @xmpp/client users chatting through a test proxy, for the fault-injection tests.
  */
 import { xml } from '@xmpp/client';
-import { clientFor, waitFor, bodiesOf, type TestProxy } from './proxy.ts';
+import { clientFor, waitFor, bodiesOf, startTestProxy, ACCOUNTS, type TestProxy } from './proxy.ts';
+import { startProsody, type ProsodyInstance, type ProsodyOptions } from './prosody.ts';
+import { TcpRelay } from './tcp-relay.ts';
 import type { Session } from '../../src/session/session.ts';
 
 /** Fast failure detection and retries, so faults resolve within a test's patience. */
@@ -39,4 +41,43 @@ export async function chatPair(tp: TestProxy) {
   await waitFor(() => sessionOf(tp, 'alice@proxy.test/a').sm.enabled && sessionOf(tp, 'bob@proxy.test/b').sm.enabled, 'SM enabled');
   const say = (from: typeof alice, to: string, body: string) => from.send(xml('message', { to, type: 'chat' }, xml('body', {}, body)));
   return { alice, bob, aliceGot, bobGot, drops, say };
+}
+
+/**
+ * A Prosody (STARTTLS required, {@link ACCOUNTS}) behind a {@link TcpRelay} for fault
+ * injection, and the proxy in front with {@link FAST_UPSTREAM}; all stopped at the end of `t`.
+ */
+export async function prosodyBehindRelay(t: { teardown(fn: () => unknown): void }, prosodyOptions: ProsodyOptions = {}): Promise<{ prosody: ProsodyInstance; relay: TcpRelay; tp: TestProxy }> {
+  const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, ...prosodyOptions });
+  t.teardown(() => prosody.stop());
+  const relay = await TcpRelay.start(prosody.c2sPort);
+  t.teardown(() => relay.close());
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
+  t.teardown(() => tp.close());
+  return { prosody, relay, tp };
+}
+
+/**
+ * alice and bob of {@link chatPair} send each other numbered messages in turn (`a1`, `b1`,
+ * `a2`…), one pair every `pauseMs`, until `stop()`, which resolves with how many pairs were sent.
+ */
+export function twoWayStream(pair: Awaited<ReturnType<typeof chatPair>>, pauseMs: number): { stop(): Promise<number> } {
+  const { alice, bob, say } = pair;
+  let sent = 0;
+  let streaming = true;
+  const stream = (async () => {
+    while (streaming) {
+      sent++;
+      await say(alice, 'bob@proxy.test/b', `a${sent}`);
+      await say(bob, 'alice@proxy.test/a', `b${sent}`);
+      await sleep(pauseMs);
+    }
+  })();
+  return {
+    async stop() {
+      streaming = false;
+      await stream;
+      return sent;
+    },
+  };
 }
