@@ -104,19 +104,6 @@ export class Custody extends EventEmitter {
   }
 
   /**
-   * While no link is attached: the oldest `n` held stanzas reached the server after all (its
-   * resumed SM session counted them), so they count as confirmed and are not sent again.
-   */
-  confirmFirst(n: number): void {
-    if (this.#link || n <= 0) return;
-    n = Math.min(n, this.#held.length);
-    this.#held.splice(0, n);
-    const uncounted = Math.min(n, this.#uncounted);
-    this.#uncounted -= uncounted;
-    this.emit('confirmed', n, n - uncounted);
-  }
-
-  /**
    * While no link is attached: the held stanzas `taken` picks reached the server after all
    * (its archive shows them), so they count as confirmed and are not sent again.
    * @returns how many were taken.

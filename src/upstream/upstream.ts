@@ -185,12 +185,19 @@ export class Upstream extends EventEmitter {
   /** XEP-0198 without resumption on a freshly bound link, unless off or found broken. */
   #enableServerAcks(link: UpstreamLink): void {
     if (!this.#deps.serverAcks || this.#serverAcksBroken) return;
-    link.enableSm()?.on('state', (state: string, reason?: string) => {
+    const sm = link.enableSm();
+    if (sm) this.#watchServerSm(sm);
+  }
+
+  /** Once the server's SM fails on a link, barriers only for the rest of the session. */
+  #watchServerSm(sm: ServerSm): void {
+    sm.on('state', (state: string, reason?: string) => {
       if (state !== 'broken') return this.#deps.log.debug(`upstream stream management ${state}`);
       this.#serverAcksBroken = true;
       this.#deps.log.warn(`upstream stream management unreliable (${reason}): custody falls back to ping barriers`);
     });
   }
+
 
   /** Listens to every element of `link` from its bind on; a listener's bug drops one element. */
   #listen(link: UpstreamLink): void {
@@ -323,18 +330,14 @@ export class Upstream extends EventEmitter {
     const h = await link.resumeSm(previous, this.#deps.reconnect.requestTimeoutMs);
     if (h === undefined) return false;
     const handled = previous.custodyHandled(h); // checked (>= 0) before <resumed/> was accepted
-    const sm = link.sm!;
-    sm.on('state', (state: string, reason?: string) => {
-      if (state !== 'broken') return;
-      this.#serverAcksBroken = true;
-      this.#deps.log.warn(`upstream stream management unreliable (${reason}): custody falls back to ping barriers`);
-    });
+    this.#watchServerSm(link.sm!);
     if (this.#closed || link.closed) {
       if (!link.closed) link.close(`<presence type='unavailable'/>`);
       this.#releaseHeldBack();
       return true;
     }
-    this.custody.confirmFirst(handled);
+    let left = handled;
+    this.custody.confirmWhere(() => left-- > 0); // the oldest `handled`, in order
     if (this.#csi) link.send(this.#csi);
     // The server re-sent what the dead link missed: no gap to fill.
     this.#releaseHeldBack();
