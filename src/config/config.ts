@@ -66,6 +66,13 @@ export interface Config {
      * sender full JID, stanza id (or XEP-0359 origin-id) and body. 0 turns it off.
      */
     duplicateWindow: number;
+    /**
+     * Bytes of client stanzas a session may hold in custody (design §4.4: sent or waiting for a
+     * link, not yet confirmed by the server). Past it the proxy stops reading that client until
+     * the server confirms some (TCP backpressure): nothing is lost, a client sending while the
+     * server is down cannot grow the proxy's memory.
+     */
+    maxCustodyBytes: number;
   };
   listen: {
     /** STARTTLS listeners (RFC 6120 §5); empty disables. Default 0.0.0.0:5222. */
@@ -97,12 +104,50 @@ export interface Config {
      * the account's last one (design §4.3), delivered at the next login; the oldest go first.
      */
     maxHeldMessages: number;
+    /** Held messages older than this are dropped (seconds; like an offline store's expiry). */
+    heldMessagesTtlSeconds: number;
+    /** Bytes of held messages proxy-wide; past it the oldest are dropped (and logged). */
+    maxHeldBytes: number;
+    /**
+     * Bytes of unacked outbound stanzas kept per session, beside `maxQueueSize`'s count: past
+     * either the session is no longer resumable (XEP-0198 §5 resource-constraint).
+     */
+    maxQueueBytes: number;
   };
   limits: {
     /** Largest top-level element accepted from a client (bytes). */
     maxStanzaBytes: number;
     /** Deepest element nesting accepted inside a stanza. */
     maxDepth: number;
+    /**
+     * A client connection must finish negotiation (TLS, SASL, resource binding or resumption)
+     * within this time, or it gets `connection-timeout` (seconds; Prosody's c2s_timeout).
+     */
+    c2sTimeoutSeconds: number;
+    /** Connections not yet authenticated, proxy-wide; more are refused with `resource-constraint`. */
+    maxUnauthenticated: number;
+    /** Connections not yet authenticated from one IP address; more get `policy-violation`. */
+    maxUnauthenticatedPerIp: number;
+    /** TCP keepalive on client sockets: first probe after this much idle time (seconds; 0: off). */
+    tcpKeepaliveSeconds: number;
+    /**
+     * No input from an authenticated client for this long: the proxy probes it (`<r/>` with
+     * XEP-0198, else an XEP-0199 ping), and a client silent for `sm.maxAckDelaySeconds` more
+     * has vanished: it hibernates when resumable, else its session ends (seconds; Prosody's
+     * network_settings.read_timeout).
+     */
+    readTimeoutSeconds: number;
+    /**
+     * Bytes written to a client and not yet taken by its TCP connection: past this the proxy
+     * stops reading that session's upstream until the client catches up (backpressure).
+     */
+    maxSendBufferBytes: number;
+    /** A client that takes none of its pending output for this long ends (seconds); its queue is settled. */
+    sendTimeoutSeconds: number;
+    /** Failed logins allowed per IP address and per account within `authFailurePeriodSeconds` (mod_limit_auth's limit_auth_max). */
+    maxAuthFailures: number;
+    /** The window of `maxAuthFailures` (seconds; mod_limit_auth's limit_auth_period). */
+    authFailurePeriodSeconds: number;
   };
   log: {
     level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -127,6 +172,7 @@ export const DEFAULTS: Config = {
     streamManagement: true,
     credentialCacheSeconds: 60,
     duplicateWindow: 256,
+    maxCustodyBytes: 1024 * 1024,
   },
   listen: {
     starttls: [{ host: '0.0.0.0', port: 5222 }],
@@ -140,10 +186,22 @@ export const DEFAULTS: Config = {
     maxAckDelaySeconds: 30,
     maxOldSessions: 10,
     maxHeldMessages: 1000,
+    heldMessagesTtlSeconds: 7 * 86400,
+    maxHeldBytes: 64 * 1024 * 1024,
+    maxQueueBytes: 4 * 1024 * 1024,
   },
   limits: {
     maxStanzaBytes: 256 * 1024,
     maxDepth: 32,
+    c2sTimeoutSeconds: 30,
+    maxUnauthenticated: 1000,
+    maxUnauthenticatedPerIp: 100,
+    tcpKeepaliveSeconds: 60,
+    readTimeoutSeconds: 840,
+    maxSendBufferBytes: 1024 * 1024,
+    sendTimeoutSeconds: 60,
+    maxAuthFailures: 5,
+    authFailurePeriodSeconds: 30,
   },
   log: { level: 'info' },
 };

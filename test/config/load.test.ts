@@ -153,7 +153,7 @@ t.test('every flag maps to its key', async (t) => {
     },
     tls: { certFile: join(dir, 'c.pem'), keyFile: join(dir, 'k.pem') },
     sm: { ...DEFAULTS.sm, hibernationSeconds: 0, maxQueueSize: 7 },
-    limits: { maxStanzaBytes: 1024, maxDepth: 32 },
+    limits: { ...DEFAULTS.limits, maxStanzaBytes: 1024, maxDepth: 32 },
     log: { level: 'debug' },
   } satisfies Config);
 });
