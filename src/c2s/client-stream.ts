@@ -86,6 +86,8 @@ export class ClientStream extends EventEmitter {
   #handover: Handover | undefined;
   /** The authenticated account (prepared bare JID, RFC 7622), after SASL. */
   bareJid: string | undefined;
+  /** Set by the owning session once XEP-0198 is enabled on this stream. */
+  smEnabled = false;
 
   /** @param direct true for direct TLS (XEP-0368): the socket is already a TLSSocket. */
   constructor(socket: Socket, direct: boolean, deps: ClientStreamDeps) {

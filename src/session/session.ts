@@ -209,6 +209,7 @@ export class Session extends EventEmitter {
     if (el.name === 'enable') {
       if (this.sm.enabled) return client.write(failed('unexpected-request'));
       this.sm.enable();
+      client.smEnabled = true; // its liveness probe is an <r/> from now on
       this.#upstream.custody.startCounting();
       const resume = el.attrs.resume === 'true' || el.attrs.resume === '1';
       if (resume) {
