@@ -1,0 +1,140 @@
+/**
+ * Custody's byte accounting (issue 10): what it holds is measured, `full` fires past
+ * `maxBytes` and `room` once under half of it, on every path that lets stanzas go (a barrier's
+ * confirmation, confirmWhere, release). The link is a stand-in whose pings the test answers.
+ */
+import t from 'tap';
+import { Custody } from '../../src/upstream/custody.ts';
+import type { UpstreamLink } from '../../src/upstream/link.ts';
+
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/** A link without SM whose pings wait for `answer()` (true: the server answered). */
+function fakeLink() {
+  const sent: string[] = [];
+  const pings: Array<(ok: boolean) => void> = [];
+  const link = {
+    sm: undefined,
+    send: (raw: string) => void sent.push(raw),
+    ping: () => new Promise<boolean>((resolve) => pings.push(resolve)),
+  } as unknown as UpstreamLink;
+  const answer = async (ok = true): Promise<void> => {
+    await tick(); // the barrier is scheduled after the burst
+    pings.shift()!(ok);
+    await tick();
+  };
+  return { link, sent, pings, answer };
+}
+
+/** A stanza of exactly `n` characters. */
+const stanza = (n: number, id = 'x'): string => {
+  const head = `<message id='${id}'><body>`;
+  const tail = '</body></message>';
+  return head + 'a'.repeat(n - head.length - tail.length) + tail;
+};
+
+function events(custody: Custody) {
+  const seen: string[] = [];
+  custody.on('full', () => seen.push('full'));
+  custody.on('room', () => seen.push('room'));
+  return seen;
+}
+
+t.test('pendingBytes sums what is held; full once past maxBytes, room once under half', async (t) => {
+  const custody = new Custody(1000, { maxBytes: 1000 });
+  const seen = events(custody);
+  const { link, answer } = fakeLink();
+  custody.attach(link);
+  for (let i = 0; i < 5; i++) custody.push(stanza(200, `a${i}`));
+  t.equal(custody.pendingBytes, 1000);
+  t.same(seen, [], 'at the limit, not past it');
+  custody.push(stanza(200, 'a5'));
+  custody.push(stanza(200, 'a6'));
+  t.same(seen, ['full'], 'emitted once, not per stanza');
+  t.ok(custody.full);
+  await answer(); // confirms all 7
+  t.equal(custody.pending, 0);
+  t.equal(custody.pendingBytes, 0);
+  t.same(seen, ['full', 'room']);
+  t.notOk(custody.full);
+});
+
+t.test('room waits until under half the limit (hysteresis)', async (t) => {
+  const custody = new Custody(1000, { maxBytes: 1000 });
+  const seen = events(custody);
+  const { link, answer } = fakeLink();
+  custody.attach(link);
+  for (let i = 0; i < 6; i++) custody.push(stanza(200, `a${i}`)); // 1200: full; barrier covers these 6
+  await tick(); // the barrier went out
+  for (let i = 6; i < 9; i++) custody.push(stanza(200, `a${i}`)); // 1800
+  t.same(seen, ['full']);
+  await answer(); // the first 6 confirmed: 600 left, still over 500
+  t.equal(custody.pendingBytes, 600);
+  t.same(seen, ['full'], 'not under half yet');
+  await answer(); // the other 3
+  t.equal(custody.pendingBytes, 0);
+  t.same(seen, ['full', 'room']);
+});
+
+t.test('a failed barrier frees nothing', async (t) => {
+  const custody = new Custody(1000, { maxBytes: 500 });
+  const seen = events(custody);
+  const { link, answer } = fakeLink();
+  custody.on('timeout', () => {});
+  custody.attach(link);
+  for (let i = 0; i < 3; i++) custody.push(stanza(200, `a${i}`));
+  await answer(false);
+  t.equal(custody.pendingBytes, 600);
+  t.same(seen, ['full']);
+});
+
+t.test('held while no link is attached; confirmWhere frees what it takes', async (t) => {
+  const custody = new Custody(1000, { maxBytes: 1000 });
+  const seen = events(custody);
+  for (let i = 0; i < 8; i++) custody.push(stanza(200, `a${i}`));
+  t.equal(custody.pendingBytes, 1600, 'a client sending while the server is down is measured');
+  t.same(seen, ['full']);
+  t.equal(custody.confirmWhere((raw) => raw.includes("id='a1'") || raw.includes("id='a2'")), 2);
+  t.equal(custody.pendingBytes, 1200);
+  t.same(seen, ['full']);
+  t.equal(custody.confirmWhere((raw) => !raw.includes("id='a7'")), 5);
+  t.equal(custody.pendingBytes, 200);
+  t.same(seen, ['full', 'room']);
+});
+
+t.test('release frees what it returns; a second crossing emits full again', async (t) => {
+  const custody = new Custody(1000, { maxBytes: 1000 });
+  const seen = events(custody);
+  for (let i = 0; i < 6; i++) custody.push(stanza(200, `a${i}`));
+  const rest = custody.release();
+  t.equal(rest.length, 6);
+  t.equal(custody.pendingBytes, 0);
+  t.same(seen, ['full', 'room']);
+  for (let i = 0; i < 6; i++) custody.push(stanza(200, `b${i}`));
+  t.same(seen, ['full', 'room', 'full']);
+});
+
+t.test('release keeps the bytes of what was sent on a live link', async (t) => {
+  const custody = new Custody(1000, { maxBytes: 1000 });
+  const { link } = fakeLink();
+  custody.attach(link);
+  custody.push(stanza(300, 'sent'));
+  custody.detach();
+  custody.push(stanza(100, 'unsent'));
+  // Detached: nothing counts as sent, so release returns both and frees both.
+  t.equal(custody.release().length, 2);
+  t.equal(custody.pendingBytes, 0);
+  custody.attach(link);
+  custody.push(stanza(300, 'sent'));
+  t.same(custody.release(), [], 'sent on a live link: kept for its barrier');
+  t.equal(custody.pendingBytes, 300);
+});
+
+t.test('the default limit is the configured default (1 MiB)', async (t) => {
+  const custody = new Custody(1000);
+  const seen = events(custody);
+  custody.push(stanza(1024 * 1024));
+  t.same(seen, []);
+  custody.push(stanza(100));
+  t.same(seen, ['full']);
+});
