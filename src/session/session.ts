@@ -3,7 +3,7 @@ import { parse, type Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
 import type { ClientStream } from '../c2s/client-stream.ts';
-import type { UpstreamLink } from '../upstream/link.ts';
+import { INPUT_REJECTED, type UpstreamLink } from '../upstream/link.ts';
 import { verifyPassword, type PlainCredential } from '../upstream/sasl.ts';
 import { Upstream, type UpstreamDeps, type UpstreamFailure } from '../upstream/upstream.ts';
 import { StreamManagement, type SmOptions } from '../sm/stream-management.ts';
@@ -25,6 +25,8 @@ const UPSTREAM_FAILURES: Record<UpstreamFailure, StreamError> = {
   // RFC 6120 §4.9.3.3: the server gave this resource to another connection.
   conflict: new StreamError('conflict', 'replaced by a new connection binding the same resource'),
   internal: new StreamError('internal-server-error'),
+  // The server's own condition replaces this one (see #onUpstreamFailed).
+  rejected: new StreamError('policy-violation', 'the server rejected a stanza sent on this stream'),
 };
 
 /** What a session needs from the proxy, passed in by name. */
@@ -102,7 +104,7 @@ export class Session extends EventEmitter {
       this.emit('upstream-down', reason);
     });
     this.#upstream.on('up', () => this.emit('upstream-up'));
-    this.#upstream.on('failed', (reason: string, kind: UpstreamFailure) => this.#onUpstreamFailed(reason, kind));
+    this.#upstream.on('failed', (reason: string, kind: UpstreamFailure, condition?: string) => this.#onUpstreamFailed(reason, kind, condition));
     if (handover) this.#takeOver(handover);
     this.#attach(client);
   }
@@ -369,9 +371,11 @@ export class Session extends EventEmitter {
 
   // ---- the end ------------------------------------------------------------------------------
 
-  #onUpstreamFailed(reason: string, kind: UpstreamFailure): void {
+  #onUpstreamFailed(reason: string, kind: UpstreamFailure, condition?: string): void {
     if (this.#ended) return;
-    this.#client?.fail(UPSTREAM_FAILURES[kind]);
+    const known = UPSTREAM_FAILURES[kind];
+    const serverSaid = kind === 'rejected' && condition ? INPUT_REJECTED.get(condition) : undefined;
+    this.#client?.fail(serverSaid ? new StreamError(serverSaid, known.text) : known);
     this.end(`upstream: ${reason}`);
   }
 

@@ -8,6 +8,7 @@ import { ServerSm } from './server-sm.ts';
 import { XmlStream } from '../xml/xml-stream.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
+import type { StreamErrorCondition } from '../xml/stream-error.ts';
 import type { UpstreamTlsMode } from '../config/config.ts';
 import {
   SaslFailure,
@@ -20,6 +21,17 @@ export { SaslFailure };
 
 /** Stream errors that, arriving while an `<r/>` is outstanding, mean the server's SM is gone. */
 const SM_REJECTED = new Set(['unsupported-stanza-type', 'bad-format', 'invalid-xml']);
+
+/**
+ * Stream errors (RFC 6120 §4.9.3) by which a server rejects something it received on the stream:
+ * the input, not the server or the network, is at fault, so sending the same input again on a
+ * new link would only be rejected again.
+ */
+export const INPUT_REJECTED: ReadonlyMap<string, StreamErrorCondition> = new Map(([
+  'bad-format', 'bad-namespace-prefix', 'invalid-from', 'invalid-namespace', 'invalid-xml',
+  'not-well-formed', 'policy-violation', 'restricted-xml', 'unsupported-encoding',
+  'unsupported-stanza-type',
+] as const).map((c) => [c, c] as [string, StreamErrorCondition]).concat([['xml-not-well-formed', 'not-well-formed']])); // RFC 3920's name
 
 /** Where and how to reach the upstream server. Times in milliseconds. */
 export interface UpstreamOptions {
@@ -58,8 +70,10 @@ export class UpstreamError extends Error {
  * - `element` (el: TopLevel): a top-level element from the server.
  * - `archive` (el: TopLevel): a result of the proxy's own archive query (gap-fill.ts), kept
  *   from the client; emitted only while someone listens.
- * - `close` (reason: string, condition?: string): the link is gone (server closed, network loss,
- *   stream error); `condition` is the server's stream error condition when it sent one.
+ * - `close` (reason: string, condition?: string, rejectedInput?: boolean): the link is gone
+ *   (server closed, network loss, stream error); `condition` is the server's stream error
+ *   condition when it sent one; `rejectedInput` is true when that condition rejects what was
+ *   relayed ({@link INPUT_REJECTED}) and not the proxy's own `<r/>` to a server whose SM went away.
  * - `fault` (err: unknown): an `element` listener threw (a bug); the element is dropped, the
  *   link goes on.
  */
@@ -75,6 +89,8 @@ export class UpstreamLink extends EventEmitter {
   #closeReason = 'closed';
   /** The server's stream error condition, when it sent one. */
   #closeCondition: string | undefined;
+  /** The server's stream error rejected relayed input (see INPUT_REJECTED). */
+  #rejectedInput = false;
   /** The proxy's own iqs to the server awaiting their answer, by id. */
   readonly #ownIqs = new Map<string, (answer: TopLevel | undefined) => void>();
   #iqSeq = 0;
@@ -107,7 +123,7 @@ export class UpstreamLink extends EventEmitter {
       this.#sm?.stop();
       for (const settle of [...this.#ownIqs.values()]) settle(undefined);
       this.#ownIqs.clear();
-      this.emit('close', this.#closeReason, this.#closeCondition);
+      this.emit('close', this.#closeReason, this.#closeCondition, this.#rejectedInput);
     });
     if (options.keepaliveMs > 0) {
       let written = -1;
@@ -338,6 +354,7 @@ export class UpstreamLink extends EventEmitter {
       this.#closeCondition = condition;
       // A server whose SM turned itself off may reject the <r/> it no longer knows.
       if (this.#sm?.awaiting && SM_REJECTED.has(condition)) this.#sm.abandon(`stream error ${condition} while an <r/> was outstanding`);
+      else this.#rejectedInput = INPUT_REJECTED.has(condition);
       this.#stream.end();
       return;
     }

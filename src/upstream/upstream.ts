@@ -40,9 +40,16 @@ export interface UpstreamDeps {
  * - `unreachable`: no link for `giveUpMs`;
  * - `conflict`: the server gave the resource to another connection (RFC 6120 §4.9.3.3); logging
  *   in again to take it back would kick that one in turn, so the proxy never does;
- * - `internal`: a bug of the proxy's in this session's upstream handling (logged with its stack).
+ * - `internal`: a bug of the proxy's in this session's upstream handling (logged with its stack);
+ * - `rejected`: the server closed the stream with an error rejecting this client's input (a
+ *   stanza the proxy let through but the server will not take, such as one over its size
+ *   limit). Sending it again on a new link would be rejected again, login after login, so it
+ *   is not: the client gets the server's condition, as it would from the server itself.
  */
-export type UpstreamFailure = 'refused' | 'unreachable' | 'conflict' | 'internal';
+export type UpstreamFailure = 'refused' | 'unreachable' | 'conflict' | 'internal' | 'rejected';
+
+/** A link that lived less than this (ms) does not reset the reconnect backoff when it drops. */
+const STABLE_LINK_MS = 30_000;
 
 const NS_CARBONS = 'urn:xmpp:carbons:2';
 /** The id attribute of a message's start tag. */
@@ -62,7 +69,8 @@ const NS_CSI = 'urn:xmpp:csi:0';
  *   count in XEP-0198 `h`).
  * - `down` (reason: string): the link dropped; reconnecting.
  * - `up` (): a replacement link is bound and the state replayed.
- * - `failed` (reason: string, kind: UpstreamFailure): giving up.
+ * - `failed` (reason: string, kind: UpstreamFailure, condition?: string): giving up; for
+ *   `rejected`, `condition` is the server's stream error condition.
  */
 export class Upstream extends EventEmitter {
   readonly custody: Custody;
@@ -89,6 +97,9 @@ export class Upstream extends EventEmitter {
   #heldBack: TopLevel[] | undefined;
   #closed = false;
   #downSince = 0;
+  /** When the current link came up (ms), and the backoff the next reconnect starts from. */
+  #upSince = Date.now();
+  #nextDelayMs: number;
   /** Ids the proxy gives the client's messages that have none: unguessable prefix, counter. */
   readonly #idPrefix = `${randomBytes(6).toString('base64url')}-`;
   #idSeq = 0;
@@ -100,6 +111,7 @@ export class Upstream extends EventEmitter {
   constructor(deps: UpstreamDeps, link: UpstreamLink, fullJid: string) {
     super();
     this.#deps = deps;
+    this.#nextDelayMs = deps.reconnect.initialDelayMs;
     this.#resource = fullJid.slice(fullJid.indexOf('/') + 1);
     this.#domain = fullJid.slice(fullJid.indexOf('@') + 1, fullJid.indexOf('/'));
     this.#fullJid = fullJid;
@@ -221,16 +233,24 @@ export class Upstream extends EventEmitter {
 
   #use(link: UpstreamLink): void {
     this.#link = link;
-    link.once('close', (reason: string, condition?: string) => {
+    this.#upSince = Date.now();
+    link.once('close', (reason: string, condition?: string, rejectedInput?: boolean) => {
       if (this.#link !== link) return;
       this.#link = undefined;
+      // Held client stanzas were all written to this link (attach and push send them at once).
+      const suspects = this.custody.pending;
       // The server keeps this session for a while: the next link resumes it (XEP-0198 §5).
       this.#lastSm = link.sm?.resumable ? link.sm : undefined;
       this.custody.detach();
       if (this.#closed) return;
       // Another connection took the resource: taking it back would kick that one, and so on.
       if (condition === 'conflict') return this.#giveUp('the server gave this resource to another connection', 'conflict');
+      // The server rejected what the client sent: replaying it would be rejected again on every
+      // new link (a re-login loop). Without held client stanzas the input was the proxy's own.
+      if (rejectedInput && suspects > 0) return this.#giveUp(`the server rejected this client's input (${condition})`, 'rejected', condition);
       this.#downSince = Date.now();
+      // A link that dies soon after it came up keeps the backoff growing (no login storm).
+      if (this.#downSince - this.#upSince >= STABLE_LINK_MS) this.#nextDelayMs = this.#deps.reconnect.initialDelayMs;
       if (this.#archive !== false) this.#idsSinceDrop ??= new Set();
       this.emit('down', reason);
       this.#own(this.#reconnect(), 'reconnecting upstream');
@@ -267,8 +287,9 @@ export class Upstream extends EventEmitter {
 
   async #reconnect(): Promise<void> {
     const { reconnect, log } = this.#deps;
-    let delay = reconnect.initialDelayMs;
     for (let attempt = 1; !this.#closed; attempt++) {
+      const delay = this.#nextDelayMs;
+      this.#nextDelayMs = Math.min(delay * 2, reconnect.maxDelayMs);
       // Full jitter: sessions that lost the server together come back spread out.
       await sleep(delay * (0.5 + Math.random()));
       if (this.#closed) return;
@@ -311,7 +332,6 @@ export class Upstream extends EventEmitter {
       } catch (err) {
         if (err instanceof SaslFailure) return this.#giveUp(`the server refused the login (${err.condition})`, 'refused');
         log.info({ attempt }, `upstream reconnect failed: ${(err as Error).message}`);
-        delay = Math.min(delay * 2, reconnect.maxDelayMs);
       }
     }
   }
@@ -390,7 +410,7 @@ export class Upstream extends EventEmitter {
     this.#archive ??= await hasArchive(link, this.#bareJid, this.#deps.reconnect.requestTimeoutMs);
   }
 
-  #giveUp(reason: string, kind: UpstreamFailure): void {
+  #giveUp(reason: string, kind: UpstreamFailure, condition?: string): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#forgetCredential();
@@ -400,7 +420,7 @@ export class Upstream extends EventEmitter {
     this.custody.detach();
     link?.destroy();
     this.#deps.log.warn(`giving up on the upstream: ${reason}`);
-    this.emit('failed', reason, kind);
+    this.emit('failed', reason, kind, condition);
   }
 }
 

@@ -3,11 +3,14 @@ import { escapeXML } from 'ltx';
 /** RFC 6120 §4.9.3 stream error conditions used by the proxy. */
 export type StreamErrorCondition =
   | 'bad-format'
+  | 'bad-namespace-prefix'
   | 'conflict'
   | 'connection-timeout'
   | 'host-unknown'
   | 'internal-server-error'
+  | 'invalid-from'
   | 'invalid-namespace'
+  | 'invalid-xml'
   | 'not-authorized'
   | 'not-well-formed'
   | 'policy-violation'

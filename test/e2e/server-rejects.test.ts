@@ -1,0 +1,72 @@
+/**
+ * A stanza the proxy lets through but the server rejects at stream level (issue 10 §2a): before,
+ * the proxy held it in custody and sent it again after every re-login (39 logins in 23 s from
+ * one stanza, going on while the session hibernated). Now the client gets the server's own
+ * condition, the session ends, and the stanza is never sent again. Prosody's
+ * c2s_stanza_size_limit (10 000 bytes here) is the server-side rule; the proxy's limit is 256 KiB.
+ */
+import t from 'tap';
+import { startProsody } from '../harness/prosody.ts';
+import { ACCOUNTS, startTestProxy, waitFor } from '../harness/proxy.ts';
+import { LoginWatchRelay } from '../harness/login-watch-relay.ts';
+import { RawClient } from '../harness/raw-client.ts';
+import { FAST_UPSTREAM, sleep } from '../harness/chat.ts';
+
+const prosody = await startProsody({ tls: 'none', accounts: ACCOUNTS, config: 'c2s_stanza_size_limit = 10000' });
+t.teardown(() => prosody.stop());
+const relay = await LoginWatchRelay.start(prosody.c2sPort);
+t.teardown(() => relay.close());
+const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port, tls: 'none' } });
+t.teardown(() => tp.close());
+
+const bob = await RawClient.login({ port: tp.port, user: 'bob', password: 'bob-pw', resource: 'r' });
+t.teardown(() => bob.client.destroy());
+bob.client.send(`<presence/>`);
+
+const big = 'x'.repeat(20_000);
+const hasSession = (fullJid: string) => [...tp.proxy.sessions].some((s) => s.fullJid === fullJid);
+
+async function resumableAlice(resource: string): Promise<RawClient> {
+  const { client } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource });
+  client.send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`);
+  await client.next((el) => el.name === 'enabled');
+  return client;
+}
+
+async function bobGets(body: string): Promise<void> {
+  const msg = await bob.client.next((el) => el.name === 'message' && el.getChildText('body') === body);
+  t.equal(msg.getChildText('body'), body, `bob got "${body}"`);
+}
+
+t.test('a stanza over the server\'s size limit: the server\'s condition, no re-login, no hibernation', async (t) => {
+  const alice = await resumableAlice('big');
+  const logins = relay.logins.length;
+  alice.send(`<message to='bob@proxy.test/r' type='chat' id='big1'><body>${big}</body></message>`);
+  t.equal(await alice.streamError(), 'policy-violation', 'the client gets the condition Prosody sent');
+  await alice.closed;
+  await waitFor(() => !hasSession('alice@proxy.test/big'), 'the session ends (a rejected stanza is not a vanished client)');
+  // Several reconnect delays (200 ms here) pass: a replay would have logged in again by now.
+  await sleep(2000);
+  t.equal(relay.logins.length, logins, 'no upstream login after the rejection');
+  const again = await resumableAlice('big');
+  again.send(`<message to='bob@proxy.test/r' type='chat'><body>after</body></message>`);
+  await bobGets('after');
+  again.destroy();
+});
+
+t.test('pipelined around a rejected stanza: what came before is delivered once, the rejected one never', async (t) => {
+  const alice = await resumableAlice('burst');
+  const logins = relay.logins.length;
+  const from = bob.client.received.length;
+  alice.send(
+    `<message to='bob@proxy.test/r' type='chat' id='a1'><body>before</body></message>` +
+    `<message to='bob@proxy.test/r' type='chat' id='a2'><body>${big}</body></message>`,
+  );
+  t.equal(await alice.streamError(), 'policy-violation');
+  await waitFor(() => !hasSession('alice@proxy.test/burst'), 'the session ends');
+  await sleep(2000);
+  t.equal(relay.logins.length, logins, 'no upstream login after the rejection');
+  const seen = bob.client.received.slice(from).filter((el) => el.name === 'message').map((el) => el.getChildText('body'));
+  t.equal(seen.filter((b) => b === 'before').length, 1, 'the stanza before it arrived once');
+  t.equal(seen.filter((b) => b === big).length, 0, 'the rejected stanza never arrived');
+});
