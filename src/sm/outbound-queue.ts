@@ -11,13 +11,15 @@ export interface QueuedStanza {
 /**
  * The unacked queue of XEP-0198 §4: stanzas sent to the client, in order, with the count of
  * stanzas sent (`sent`) and acknowledged (`acked`), both modulo 2^32. Kept as strings to bound
- * memory per entry to the stanza's size plus ~80 bytes.
+ * memory per entry to the stanza's size plus ~80 bytes; `bytes` measures the unacked ones.
  */
 export class OutboundQueue {
   #items: QueuedStanza[] = [];
   /** Index of the oldest unacked item in #items (compacted lazily). */
   #head = 0;
   #acked: number;
+  /** Sum of `xml.length` over the unacked items. */
+  #bytes = 0;
 
   /** @param acked Starting count (0 on enable; tests start near 2^32 to check wrapping). */
   constructor(acked = 0) {
@@ -27,6 +29,14 @@ export class OutboundQueue {
   /** Unacked stanzas held. */
   get length(): number {
     return this.#items.length - this.#head;
+  }
+
+  /**
+   * Size of the unacked stanzas: the sum of their `xml` lengths (UTF-16 code units; characters
+   * ≈ bytes, within 2× of the memory V8 keeps them in; free to compute, unlike a UTF-8 length).
+   */
+  get bytes(): number {
+    return this.#bytes;
   }
 
   /** Count of stanzas the client has acknowledged (the last valid `h` it sent). */
@@ -41,6 +51,7 @@ export class OutboundQueue {
 
   push(stanza: QueuedStanza): void {
     this.#items.push(stanza);
+    this.#bytes += stanza.xml.length;
   }
 
   /**
@@ -51,6 +62,7 @@ export class OutboundQueue {
   ack(h: number): number {
     const n = diffH(h, this.#acked);
     if (n > this.length) return -1;
+    for (let i = this.#head; i < this.#head + n; i++) this.#bytes -= this.#items[i]!.xml.length;
     this.#head += n;
     this.#acked = h;
     if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
@@ -71,6 +83,7 @@ export class OutboundQueue {
     this.#acked = addH(this.#acked, rest.length);
     this.#items = [];
     this.#head = 0;
+    this.#bytes = 0;
     return rest;
   }
 }

@@ -7,8 +7,15 @@ import { StreamError } from '../xml/stream-error.ts';
 /** Per-session XEP-0198 options (seconds where a time). Defaults live in config/config.ts. */
 export interface SmOptions {
   maxUnackedStanzas: number;
+  /** Unacked stanzas kept before the session becomes unresumable (count). */
   maxQueueSize: number;
   maxAckDelaySeconds: number;
+  /**
+   * Size of the unacked stanzas (characters ≈ bytes, see OutboundQueue.bytes) kept before the
+   * session becomes unresumable, beside `maxQueueSize`. Omitted: no byte limit (config's
+   * `sm.maxQueueBytes` is 4 MiB).
+   */
+  maxQueueBytes?: number;
 }
 
 /**
@@ -17,7 +24,8 @@ export interface SmOptions {
  * (hibernation); the session attaches a writer while a client stream is live.
  *
  * Events:
- * - `overflow` (): the unacked queue passed `maxQueueSize`; the session can no longer be resumed.
+ * - `overflow` (): the unacked queue passed `maxQueueSize` stanzas or `maxQueueBytes`, whichever
+ *   first (emitted once); the session can no longer be resumed (XEP-0198 §5 resource-constraint).
  * - `ack-delayed` (): an `<r/>` has been outstanding for `maxAckDelaySeconds` (push uses it).
  */
 export class StreamManagement extends EventEmitter {
@@ -120,7 +128,7 @@ export class StreamManagement extends EventEmitter {
       return;
     }
     this.queue.push({ xml, receivedAt });
-    if (this.queue.length > this.#options.maxQueueSize && !this.overflowed) {
+    if (!this.overflowed && (this.queue.length > this.#options.maxQueueSize || this.queue.bytes > (this.#options.maxQueueBytes ?? Infinity))) {
       this.overflowed = true;
       this.emit('overflow');
     }

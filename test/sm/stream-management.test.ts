@@ -96,6 +96,36 @@ t.test('queue overflow makes the session unresumable, once', async (t) => {
   t.ok(sm.overflowed);
 });
 
+t.test('a queue over maxQueueBytes overflows too, once, however few stanzas', async (t) => {
+  const sm = new StreamManagement({ ...opts, maxQueueBytes: 1000 });
+  sm.attach(() => {});
+  sm.enable();
+  let overflows = 0;
+  sm.on('overflow', () => overflows++);
+  const big = `<message><body>${'a'.repeat(468)}</body></message>`; // 500 characters
+  sm.send(big, 0);
+  sm.send(big, 0);
+  t.equal(sm.queue.bytes, 1000);
+  t.notOk(sm.overflowed, 'at the limit, not past it');
+  sm.handleNonza(el(`<a xmlns='urn:xmpp:sm:3' h='1'/>`));
+  t.equal(sm.queue.bytes, 500, 'acked stanzas no longer count');
+  sm.send(big, 0);
+  t.notOk(sm.overflowed);
+  sm.send('<message/>', 0);
+  t.equal(overflows, 1, 'two stanzas short of maxQueueSize, but past the bytes');
+  t.ok(sm.overflowed);
+  sm.send(big, 0);
+  t.equal(overflows, 1, 'once');
+  sm.close();
+});
+
+t.test('without maxQueueBytes only the count limits the queue', async (t) => {
+  const { sm } = setup();
+  sm.enable();
+  for (let i = 0; i < 5; i++) sm.send(`<message><body>${'a'.repeat(100_000)}</body></message>`, 0);
+  t.notOk(sm.overflowed);
+});
+
 t.test('while detached (hibernating) stanzas queue without writes or requests', async (t) => {
   const { sm, written } = setup();
   sm.enable();
