@@ -22,6 +22,27 @@ function setHandlers(sax: SaxesParser<{}>, h: {
   target.piHandler = h.piHandler;
 }
 
+/** What saxes passes to the open and close tag handlers (with `xmlns: false`). */
+interface SaxesTag {
+  name: string;
+  attributes: Record<string, string>;
+  isSelfClosing: boolean;
+}
+
+/**
+ * True if the close tag that ends at `end` (an index just past its `>`) in `text` names `name`:
+ * `</name>`, with optional whitespace before the `>` (XML 1.0 §3.1, ETag).
+ */
+function closeTagNames(text: string, end: number, name: string): boolean {
+  const lt = text.lastIndexOf('</', end - 3);
+  if (lt === -1 || !text.startsWith(name, lt + 2)) return false;
+  for (let i = lt + 2 + name.length; i < end - 1; i++) {
+    const c = text.charCodeAt(i);
+    if (c !== 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) return false;
+  }
+  return true;
+}
+
 /** Limits applied to every stream (client and upstream). */
 export interface StreamLimits {
   /** Largest top-level element, in characters of XML received. */
@@ -67,8 +88,8 @@ export class StreamParser extends EventEmitter {
     const sax = new SaxesParser({ xmlns: false, position: true });
     this.#sax = sax;
     setHandlers(sax, {
-      openTagHandler: (tag: { name: string; attributes: Record<string, string> }) => this.#onOpen(tag.name, tag.attributes),
-      closeTagHandler: () => this.#onClose(),
+      openTagHandler: (tag: SaxesTag) => this.#onOpen(tag.name, tag.attributes),
+      closeTagHandler: (tag: SaxesTag) => this.#onClose(tag),
       // No text handler: saxes then checks text without accumulating it (text between
       // stanzas is checked on the raw slice instead).
       errorHandler: (err: Error) => this.#fail('not-well-formed', err.message),
@@ -124,9 +145,20 @@ export class StreamParser extends EventEmitter {
     }
   }
 
-  #onClose(): void {
+  /**
+   * saxes 6 calls this handler for the open tag it pops *before* it compares that tag's name with
+   * the close tag's, and reports a mismatch after (`<message>…</iq>` reaches here as the close of
+   * `message`). So before anything is emitted for depth 2 (an element) or 1 (the stream's end),
+   * the close tag's own text must name the element opened at that depth; whatever order saxes
+   * reports in, a mismatch is then `not-well-formed` and nothing is emitted. A mismatch deeper
+   * down fails in saxes before the enclosing top-level element can close.
+   */
+  #onClose(tag: SaxesTag): void {
     if (this.#failed) return;
     const depth = this.#depth--;
+    if (depth <= 2 && !tag.isSelfClosing && !closeTagNames(this.#buf, this.#sax.position - this.#bufStart, tag.name)) {
+      return this.#fail('not-well-formed', `<${tag.name}> closed by another name`);
+    }
     if (depth === 2) {
       const end = this.#sax.position;
       let raw = this.#buf.slice(this.#boundary - this.#bufStart, end - this.#bufStart);

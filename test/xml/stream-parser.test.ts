@@ -82,3 +82,17 @@ t.test('text before a stanza is caught on its raw slice', async (t) => {
   const r = run([HEADER, ` \n hello <message/>`]);
   t.equal(r.error?.condition, 'not-well-formed');
 });
+
+t.test('a top-level element closed by the wrong name is not emitted: not-well-formed instead', async (t) => {
+  const r = run([HEADER, `<message to='a@b'><body>hi</body></iq>`]);
+  t.equal(r.error?.condition, 'not-well-formed');
+  t.equal(r.elements.length, 0, 'nothing emitted');
+  const spaced = run([HEADER, `<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq ><presence/></message  >`]);
+  t.equal(spaced.elements.length, 2, 'a close tag with whitespace before > still matches');
+  t.equal(spaced.elements[0]!.raw, `<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq >`);
+  t.notOk(spaced.ended, 'a wrong close tag at the stream level is not taken for </stream:stream>');
+  t.equal(spaced.error?.condition, 'not-well-formed');
+  const closed = run([HEADER, `<presence/></stream:stream >`]);
+  t.ok(closed.ended);
+  t.equal(closed.error, undefined);
+});
