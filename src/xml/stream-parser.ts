@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { SaxesParser } from 'saxes';
-import { StreamError } from './stream-error.ts';
+import { StreamError, type StreamErrorCondition } from './stream-error.ts';
 import { TopLevel } from './top-level.ts';
 
 /**
@@ -62,8 +62,12 @@ export interface StreamLimits {
  * - `start` (attrs: Record<string, string>): the `<stream:stream>` header.
  * - `element` (el: TopLevel): one complete top-level element (stanza or nonza).
  * - `end` (): the peer closed its stream with `</stream:stream>`.
- * - `error` (err: StreamError): the input broke RFC 6120 §11 or a limit; the condition says which.
- *   No event follows an error.
+ * - `error` (err: StreamError): the input broke RFC 6120 §11 or a limit; the condition says which:
+ *   `not-well-formed` (XML well-formedness, including a close tag naming another element),
+ *   `restricted-xml` (comment, PI, DTD: §11.1), `invalid-namespace` (the root is not
+ *   `<stream:stream>`), `unsupported-stanza-type` (a `<stream:stream>` as a top-level child,
+ *   §4.9.3.24), `policy-violation` (a {@link StreamLimits} limit). No event follows an error, and
+ *   nothing read after the offending input is emitted.
  *
  * A stream restart (after STARTTLS or SASL, RFC 6120 §4.3.3) needs a new parser.
  */
@@ -134,6 +138,10 @@ export class StreamParser extends EventEmitter {
     if (this.#failed) return;
     const depth = ++this.#depth;
     if (depth === 2) {
+      // A stream header where a stanza belongs (RFC 6120 §4.9.3.24: a first-level child the
+      // server does not support). Taken as an element, it would swallow the stanzas after it and
+      // the client's `</stream:stream>` would close it.
+      if (name === 'stream:stream') return this.#fail('unsupported-stanza-type', '<stream:stream> inside the stream');
       this.#name = name;
       this.#attrs = attrs;
     } else if (depth === 1) {
@@ -180,7 +188,7 @@ export class StreamParser extends EventEmitter {
     this.#fail('policy-violation', `stanza larger than ${this.#limits.maxStanzaBytes} bytes`);
   }
 
-  #fail(condition: 'not-well-formed' | 'restricted-xml' | 'policy-violation' | 'invalid-namespace', text: string): void {
+  #fail(condition: StreamErrorCondition, text: string): void {
     if (this.#failed) return;
     this.#failed = true;
     this.#buf = '';

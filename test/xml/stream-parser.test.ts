@@ -96,3 +96,13 @@ t.test('a top-level element closed by the wrong name is not emitted: not-well-fo
   t.ok(closed.ended);
   t.equal(closed.error, undefined);
 });
+
+t.test('a second <stream:stream> inside the stream is unsupported-stanza-type at once', async (t) => {
+  const r = run([HEADER, `<presence/>`, HEADER.replace(`<?xml version='1.0'?>`, ''), `<message><body>x</body></message></stream:stream>`]);
+  t.equal(r.error?.condition, 'unsupported-stanza-type');
+  t.equal(r.elements.length, 1, 'only what came before it');
+  t.notOk(r.ended);
+  const deep = run([HEADER, `<message><stream:stream/></message>`], { maxStanzaBytes: 1024, maxDepth: 4 });
+  t.equal(deep.error, undefined, 'deeper down it is only content');
+  t.equal(deep.elements.length, 1);
+});
