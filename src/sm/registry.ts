@@ -9,6 +9,26 @@ export interface OldSession {
   condition: string;
 }
 
+/** Bounds of the remembered ended sessions beside the per-account count. */
+export interface SessionRegistryOptions {
+  /** An ended session's `h` is forgotten this long after the session ended (ms). Default 24 h. */
+  oldSessionTtlMs?: number;
+  /**
+   * Accounts with ended sessions remembered, proxy-wide; past it the account whose last session
+   * ended longest ago is forgotten first (with all its ended sessions). Default 10 000.
+   */
+  maxOldAccounts?: number;
+  /** The clock (ms since the epoch); tests pass a fake one. Default Date.now. */
+  now?: () => number;
+}
+
+/** An OldSession with when it ended. */
+interface OldEntry {
+  readonly old: OldSession;
+  /** When the session ended (ms since the epoch). */
+  readonly endedAt: number;
+}
+
 /** What the registry needs to know of a resumable session. */
 export interface Resumable {
   /** The authenticated account (bare JID) that owns the session. */
@@ -16,18 +36,46 @@ export interface Resumable {
 }
 
 /**
- * Resumable sessions by resumption id (XEP-0198 §5), and the final `h` of ended ones, a bounded
- * number per account (mod_smacks' smacks_max_old_sessions) so that a late `<resume/>` gets
- * `<failed h='…'>`.
+ * Resumable sessions by resumption id (XEP-0198 §5), and the final `h` of ended ones so that a
+ * late `<resume/>` gets `<failed h='…'>`. The ended ones are a cache, bounded three ways
+ * (issue 10):
+ * - per account: `maxOldSessions`, the oldest forgotten first (mod_smacks' smacks_max_old_sessions);
+ * - in time: forgotten `oldSessionTtlMs` after the session ended, default 24 h. mod_smacks keeps
+ *   them in a store with the time they ended and never expires them (it only trims an account's
+ *   list to smacks_max_old_sessions when the account enables SM again); held in memory here,
+ *   they need a limit, and a day is far beyond the hibernation time (600 s) a resuming client
+ *   counts on, so a client back the next day still learns its `h`;
+ * - proxy-wide: `maxOldAccounts` accounts, default 10 000; past it the account whose last
+ *   session ended longest ago is forgotten first.
+ * Expiry costs no timer: the accounts are kept in the order their last session ended, so each
+ * `remove` and `old` drops the expired ones from the front (amortized O(1)).
  */
 export class SessionRegistry<S extends Resumable> {
   readonly #live = new Map<string, S>();
-  /** bare JID → ended sessions' (id, h, why not resumable), oldest first. */
-  readonly #old = new Map<string, Array<OldSession>>();
+  /**
+   * bare JID → ended sessions' (id, h, why not resumable) with when they ended, oldest first;
+   * the accounts in the order of their latest ended session (re-inserted on each).
+   */
+  readonly #old = new Map<string, OldEntry[]>();
   readonly #maxOld: number;
+  readonly #ttlMs: number;
+  readonly #maxAccounts: number;
+  readonly #now: () => number;
 
-  constructor(maxOldSessions: number) {
+  /**
+   * @param maxOldSessions ended sessions remembered per account (0: none).
+   * @param options TTL, proxy-wide account limit and clock (see SessionRegistryOptions).
+   */
+  constructor(maxOldSessions: number, options: SessionRegistryOptions = {}) {
     this.#maxOld = maxOldSessions;
+    this.#ttlMs = options.oldSessionTtlMs ?? 24 * 3600_000;
+    this.#maxAccounts = options.maxOldAccounts ?? 10_000;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Accounts with ended sessions remembered. */
+  get oldAccounts(): number {
+    return this.#old.size;
   }
 
   /** Number of resumable sessions. */
@@ -53,9 +101,21 @@ export class SessionRegistry<S extends Resumable> {
     return session && session.bareJid === bareJid ? session : undefined;
   }
 
-  /** An ended session of `bareJid` with this id, if still remembered. */
+  /** An ended session of `bareJid` with this id, if still remembered (and not expired). */
   old(id: string, bareJid: string): OldSession | undefined {
-    return this.#old.get(bareJid)?.find((entry) => entry.id === id);
+    const now = this.#now();
+    this.#expire(now);
+    const list = this.#old.get(bareJid);
+    if (!list) return undefined;
+    // This account's older entries may have expired while its latest has not (or all of them,
+    // with the clock set back between two ends, which #expire's early stop can miss).
+    const fresh = list.findIndex((entry) => !this.#expired(entry, now));
+    if (fresh < 0) {
+      this.#old.delete(bareJid);
+      return undefined;
+    }
+    if (fresh > 0) list.splice(0, fresh);
+    return list.find((entry) => entry.old.id === id)?.old;
   }
 
   /**
@@ -66,10 +126,30 @@ export class SessionRegistry<S extends Resumable> {
     if (this.#live.get(id) !== session) return;
     this.#live.delete(id);
     if (finalH === undefined || this.#maxOld === 0) return;
+    const now = this.#now();
     const list = this.#old.get(session.bareJid) ?? [];
-    list.push({ id, h: finalH, condition });
+    list.push({ old: { id, h: finalH, condition }, endedAt: now });
     if (list.length > this.#maxOld) list.shift();
+    // To the back: the accounts stay in the order their latest session ended.
+    this.#old.delete(session.bareJid);
     this.#old.set(session.bareJid, list);
+    for (const bareJid of this.#old.keys()) {
+      if (this.#old.size <= this.#maxAccounts) break;
+      this.#old.delete(bareJid);
+    }
+    this.#expire(now);
+  }
+
+  #expired(entry: OldEntry, now: number): boolean {
+    return now - entry.endedAt >= this.#ttlMs;
+  }
+
+  /** Forgets the accounts whose latest ended session expired: they are at the front. */
+  #expire(now: number): void {
+    for (const [bareJid, list] of this.#old) {
+      if (!this.#expired(list.at(-1)!, now)) break;
+      this.#old.delete(bareJid);
+    }
   }
 
   /** All live sessions (for shutdown). */
