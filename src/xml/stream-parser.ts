@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { SaxesParser } from 'saxes';
 import { StreamError, type StreamErrorCondition } from './stream-error.ts';
@@ -45,7 +46,11 @@ function closeTagNames(text: string, end: number, name: string): boolean {
 
 /** Limits applied to every stream (client and upstream). */
 export interface StreamLimits {
-  /** Largest top-level element, in characters of XML received. */
+  /**
+   * Largest top-level element, in bytes of UTF-8 as received: a complete element from its `<` to
+   * its last `>`; an unfinished one (refused as soon as it is over, before it is all buffered)
+   * with any whitespace received before it since the previous element.
+   */
   maxStanzaBytes: number;
   /** Deepest nesting inside a top-level element (the stanza itself is depth 1). */
   maxDepth: number;
@@ -83,6 +88,14 @@ export class StreamParser extends EventEmitter {
   #bufStart = 0;
   /** Stream position where the last top-level element (or the header) ended. */
   #boundary = 0;
+  /**
+   * UTF-8 size of the unfinished input, counted as it grows (each character once): the first
+   * `#countedChars` characters of `#buf` hold `#countedBytes` bytes, while `#buf` still starts at
+   * stream position `#countedFrom`.
+   */
+  #countedFrom = -1;
+  #countedChars = 0;
+  #countedBytes = 0;
   #failed = false;
 
   constructor(limits: StreamLimits) {
@@ -130,8 +143,30 @@ export class StreamParser extends EventEmitter {
       this.#buf = this.#buf.slice(this.#boundary - this.#bufStart);
       this.#bufStart = this.#boundary;
     }
-    // An unfinished element (or an open tag) already over the limit.
-    if (this.#buf.length > this.#limits.maxStanzaBytes) this.#tooLarge();
+    // An unfinished element (or an open tag) already over the limit. A UTF-16 unit is at most
+    // 3 bytes of UTF-8 (a surrogate pair, 2 units, is 4), so bytes are counted only once the
+    // characters could be over.
+    const limit = this.#limits.maxStanzaBytes;
+    if (this.#buf.length * 3 > limit && (this.#buf.length > limit || this.#pendingBytes() > limit)) this.#tooLarge();
+  }
+
+  /** UTF-8 bytes in `#buf`, counting only what was added since the last call for this element. */
+  #pendingBytes(): number {
+    const buf = this.#buf;
+    if (this.#countedFrom !== this.#bufStart) {
+      this.#countedFrom = this.#bufStart;
+      this.#countedChars = 0;
+      this.#countedBytes = 0;
+    }
+    // A high surrogate at the end waits for its pair (alone it would count 3 bytes, then 3 more).
+    let end = buf.length;
+    const last = buf.charCodeAt(end - 1);
+    if (last >= 0xd800 && last <= 0xdbff) end--;
+    if (end > this.#countedChars) {
+      this.#countedBytes += Buffer.byteLength(buf.slice(this.#countedChars, end));
+      this.#countedChars = end;
+    }
+    return this.#countedBytes;
   }
 
   #onOpen(name: string, attrs: Record<string, string>): void {
@@ -177,7 +212,8 @@ export class StreamParser extends EventEmitter {
         if (raw.slice(0, lt).trim() !== '') return this.#fail('not-well-formed', 'text between stanzas');
         raw = raw.slice(lt);
       }
-      if (raw.length > this.#limits.maxStanzaBytes) return this.#tooLarge();
+      const limit = this.#limits.maxStanzaBytes;
+      if (raw.length * 3 > limit && (raw.length > limit || Buffer.byteLength(raw) > limit)) return this.#tooLarge();
       this.emit('element', new TopLevel(this.#name, this.#attrs, raw));
     } else if (depth === 1) {
       this.emit('end');

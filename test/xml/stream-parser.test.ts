@@ -106,3 +106,41 @@ t.test('a second <stream:stream> inside the stream is unsupported-stanza-type at
   t.equal(deep.error, undefined, 'deeper down it is only content');
   t.equal(deep.elements.length, 1);
 });
+
+t.test('maxStanzaBytes counts UTF-8 bytes, not UTF-16 characters', async (t) => {
+  const limits = { maxStanzaBytes: 262_144, maxDepth: 4 };
+  // 120 000 CJK characters: 120 000 UTF-16 units, 360 000 bytes of UTF-8.
+  const big = `<message to='a@b'><body>${'漢'.repeat(120_000)}</body></message>`;
+  const whole = run([HEADER, big], limits);
+  t.equal(whole.error?.condition, 'policy-violation', 'a complete element in one chunk');
+  t.equal(whole.elements.length, 0);
+  const parts: string[] = [];
+  for (let i = 0; i < big.length; i += 16_384) parts.push(big.slice(i, i + 16_384));
+  const fed: string[] = [];
+  const p = new StreamParser(limits);
+  let error: StreamError | undefined;
+  p.on('error', (e: StreamError) => (error = e));
+  p.write(HEADER);
+  for (const part of parts) {
+    if (error) break;
+    p.write(part);
+    fed.push(part);
+  }
+  t.equal(error?.condition, 'policy-violation', 'an unfinished element');
+  t.ok(fed.length < parts.length, `refused after ${fed.length} of ${parts.length} chunks, before the element was complete`);
+  t.ok(fed.join('').length * 3 <= limits.maxStanzaBytes + 3 * 16_384, 'about as soon as it went over');
+
+  const atLimit = `<message><body>${'é'.repeat((1024 - 32) / 2)}</body></message>`; // 2 bytes each
+  t.equal(Buffer.byteLength(atLimit), 1024);
+  t.equal(run([HEADER, atLimit]).elements.length, 1, 'exactly at the limit passes');
+  const over = `<message><body>${'é'.repeat((1024 - 32) / 2)}x</body></message>`;
+  t.equal(run([HEADER, over]).error?.condition, 'policy-violation', 'one byte over fails');
+  const astral = `<message><body>${'😀'.repeat(250)}</body></message>`; // 4 bytes, 2 UTF-16 units each
+  t.equal(Buffer.byteLength(astral), 1032);
+  t.equal(run([HEADER, ...astral.match(/[\s\S]{1,7}/gu)!]).error?.condition, 'policy-violation', 'astral characters, fed in pieces');
+  const fits = `<message><body>${'😀'.repeat(240)}</body></message>`;
+  t.equal(Buffer.byteLength(fits), 992);
+  const byUnit = run([HEADER, ...fits.split('')]);
+  t.equal(byUnit.error, undefined, 'a surrogate pair split across writes counts 4 bytes, not 3 + 3');
+  t.equal(byUnit.elements[0]?.raw, fits);
+});
