@@ -52,6 +52,12 @@ export class Custody extends EventEmitter {
   readonly #maxBytes: number;
   /** Between a `full` and the next `room`. */
   #full = false;
+  /**
+   * How many of #held (from the front) go out one at a time, each after the one before it is
+   * confirmed: the suspects of a link the server closed while they were in flight, tried alone
+   * so that the one it will not take is told apart from the innocent ones ({@link isolate}).
+   */
+  #isolate = 0;
 
   /**
    * @param timeoutMs how long a barrier may go unanswered before the link counts as dead.
@@ -97,10 +103,48 @@ export class Custody extends EventEmitter {
       this.#full = true;
       this.emit('full');
     }
-    if (!this.#link) return;
+    // While suspects are tried one at a time, later stanzas wait their turn (order is kept).
+    if (!this.#link || this.#isolate > 0) return;
     this.#link.send(raw, true);
     this.#sent++;
     this.#scheduleBarrier();
+  }
+
+  /** Held stanzas written to the current link and not yet confirmed. */
+  get inFlight(): number {
+    return this.#sent;
+  }
+
+  /** True while held stanzas are being tried one at a time. */
+  get isolating(): boolean {
+    return this.#isolate > 0;
+  }
+
+  /**
+   * The link died while the oldest `n` held stanzas were in flight, closed by the server: from
+   * the next link on, each of them goes out alone after the one before it is confirmed, so a
+   * stanza the server rejects (and closes its stream over) is told apart and never takes the
+   * others down with it. Stanzas after them wait; the ones confirmed are not re-tried.
+   */
+  isolate(n: number): void {
+    this.#isolate = Math.max(this.#isolate, Math.min(n, this.#held.length));
+  }
+
+  /**
+   * While no link is attached: the oldest held stanza is rejected by the server (it was the one
+   * in flight, alone, when the server closed the stream). It is dropped and counts as handled,
+   * so the client's `h` covers it and it is never sent again.
+   * @returns the stanza, or undefined when nothing is held.
+   */
+  reject(): string | undefined {
+    if (this.#link || this.#held.length === 0) return undefined;
+    const raw = this.#held.shift()!;
+    const counted = this.#uncounted > 0 ? 0 : 1;
+    if (this.#uncounted > 0) this.#uncounted--;
+    if (this.#isolate > 0) this.#isolate--;
+    this.#shrunk(raw.length);
+    this.emit('confirmed', 1, counted);
+    return raw;
   }
 
   /** XEP-0198 was enabled: what is held now predates it and counts in no `h`. */
@@ -112,8 +156,15 @@ export class Custody extends EventEmitter {
   attach(link: UpstreamLink): void {
     this.#link = link;
     this.#barrierOut = false;
-    for (const raw of this.#held) link.send(raw, true);
-    this.#sent = this.#held.length;
+    this.#sent = 0;
+    this.#sendNext();
+  }
+
+  /** Writes what is due: the next suspect alone while isolating, else everything not yet sent. */
+  #sendNext(): void {
+    const link = this.#link!;
+    const upTo = this.#isolate > 0 ? Math.min(1, this.#held.length) : this.#held.length;
+    for (; this.#sent < upTo; this.#sent++) link.send(this.#held[this.#sent]!, true);
     this.#scheduleBarrier();
   }
 
@@ -174,6 +225,7 @@ export class Custody extends EventEmitter {
     });
     if (n === 0) return 0;
     this.#held = kept;
+    this.#isolate = Math.min(this.#isolate, kept.length);
     this.#uncounted = uncountedKept;
     this.#shrunk(bytes);
     this.emit('confirmed', n, counted);
@@ -188,6 +240,7 @@ export class Custody extends EventEmitter {
     const rest = this.#held.slice(this.#sent);
     this.#held.length = this.#sent;
     this.#uncounted = Math.min(this.#uncounted, this.#held.length);
+    this.#isolate = Math.min(this.#isolate, this.#held.length);
     this.#shrunk(sizeOf(rest));
     return rest;
   }
@@ -235,9 +288,12 @@ export class Custody extends EventEmitter {
     this.#sent -= covered;
     const uncounted = Math.min(covered, this.#uncounted);
     this.#uncounted -= uncounted;
+    this.#isolate = Math.max(0, this.#isolate - covered);
     this.#shrunk(sizeOf(confirmed));
     this.emit('confirmed', covered, covered - uncounted);
-    if (this.#sent > 0) this.#scheduleBarrier();
+    if (link !== this.#link) return; // a 'confirmed' listener detached it
+    if (this.#sent < this.#held.length) this.#sendNext();
+    else if (this.#sent > 0) this.#scheduleBarrier();
   }
 }
 

@@ -33,6 +33,17 @@ export const INPUT_REJECTED: ReadonlyMap<string, StreamErrorCondition> = new Map
   'unsupported-stanza-type',
 ] as const).map((c) => [c, c] as [string, StreamErrorCondition]).concat([['xml-not-well-formed', 'not-well-formed']])); // RFC 3920's name
 
+/** How a link ended, beyond its reason text (the `close` event's third argument). */
+export interface LinkEnd {
+  /**
+   * The server's stream error rejects what was relayed ({@link INPUT_REJECTED}), not the
+   * proxy's own `<r/>` to a server whose SM went away.
+   */
+  rejectedInput: boolean;
+  /** The proxy closed or dropped it (a timeout, a replaced link, the session's end). */
+  byProxy: boolean;
+}
+
 /** Where and how to reach the upstream server. Times in milliseconds. */
 export interface UpstreamOptions {
   host: string;
@@ -70,10 +81,9 @@ export class UpstreamError extends Error {
  * - `element` (el: TopLevel): a top-level element from the server.
  * - `archive` (el: TopLevel): a result of the proxy's own archive query (gap-fill.ts), kept
  *   from the client; emitted only while someone listens.
- * - `close` (reason: string, condition?: string, rejectedInput?: boolean): the link is gone
+ * - `close` (reason: string, condition: string | undefined, how: LinkEnd): the link is gone
  *   (server closed, network loss, stream error); `condition` is the server's stream error
- *   condition when it sent one; `rejectedInput` is true when that condition rejects what was
- *   relayed ({@link INPUT_REJECTED}) and not the proxy's own `<r/>` to a server whose SM went away.
+ *   condition when it sent one.
  * - `fault` (err: unknown): an `element` listener threw (a bug); the element is dropped, the
  *   link goes on.
  */
@@ -91,6 +101,7 @@ export class UpstreamLink extends EventEmitter {
   #closeCondition: string | undefined;
   /** The server's stream error rejected relayed input (see INPUT_REJECTED). */
   #rejectedInput = false;
+  #byProxy = false;
   /** The proxy's own iqs to the server awaiting their answer, by id. */
   readonly #ownIqs = new Map<string, (answer: TopLevel | undefined) => void>();
   #iqSeq = 0;
@@ -123,7 +134,8 @@ export class UpstreamLink extends EventEmitter {
       this.#sm?.stop();
       for (const settle of [...this.#ownIqs.values()]) settle(undefined);
       this.#ownIqs.clear();
-      this.emit('close', this.#closeReason, this.#closeCondition, this.#rejectedInput);
+      const how: LinkEnd = { rejectedInput: this.#rejectedInput, byProxy: this.#byProxy };
+      this.emit('close', this.#closeReason, this.#closeCondition, how);
     });
     if (options.keepaliveMs > 0) {
       let written = -1;
@@ -329,11 +341,13 @@ export class UpstreamLink extends EventEmitter {
   close(last?: string): void {
     if (last) this.#stream.write(last);
     this.#closeReason = 'closed by the proxy';
+    this.#byProxy = true;
     this.#stream.end();
   }
 
-  /** Drops the TCP connection at once. */
+  /** Drops the TCP connection at once (the proxy's decision: a dead link, a replaced one). */
   destroy(): void {
+    if (!this.#stream.closed) this.#byProxy = true;
     this.#stream.destroy();
   }
 

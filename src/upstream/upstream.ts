@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { unescapeXML, type Element } from 'ltx';
 import type { Logger } from 'pino';
-import { SaslFailure, UpstreamLink } from './link.ts';
+import { SaslFailure, UpstreamLink, type LinkEnd } from './link.ts';
 import { Custody } from './custody.ts';
 import type { ServerSm } from './server-sm.ts';
 import { archiveId, archivedOwnIds, fillGap, hasArchive } from './gap-fill.ts';
@@ -50,6 +50,14 @@ export type UpstreamFailure = 'refused' | 'unreachable' | 'conflict' | 'internal
 
 /** A link that lived less than this (ms) does not reset the reconnect backoff when it drops. */
 const STABLE_LINK_MS = 30_000;
+
+/**
+ * A stanza tried alone that was in flight each time the server closed the link, this many times
+ * in a row, is rejected (once is enough when the server said so with a stream error): a server
+ * that drops the connection over a stanza, its stream error lost to a TCP reset, is told apart
+ * from a network drop that happened to meet it.
+ */
+const STRIKES = 2;
 
 const NS_CARBONS = 'urn:xmpp:carbons:2';
 /** The id attribute of a message's start tag. */
@@ -100,6 +108,8 @@ export class Upstream extends EventEmitter {
   /** When the current link came up (ms), and the backoff the next reconnect starts from. */
   #upSince = Date.now();
   #nextDelayMs: number;
+  /** Server-side closes in a row with the same held stanza alone in flight. */
+  #strikes = 0;
   /** Ids the proxy gives the client's messages that have none: unguessable prefix, counter. */
   readonly #idPrefix = `${randomBytes(6).toString('base64url')}-`;
   #idSeq = 0;
@@ -121,7 +131,10 @@ export class Upstream extends EventEmitter {
     this.features = link.features;
     this.#credential = link.credential;
     this.custody = new Custody(deps.reconnect.requestTimeoutMs);
-    this.custody.on('confirmed', (_n: number, counted: number) => this.emit('confirmed', counted));
+    this.custody.on('confirmed', (_n: number, counted: number) => {
+      this.#strikes = 0;
+      this.emit('confirmed', counted);
+    });
     // An unanswered barrier: the link is half-open; replace it.
     this.custody.on('timeout', () => this.#link?.destroy());
     this.custody.on('fault', (err: unknown) => {
@@ -234,20 +247,24 @@ export class Upstream extends EventEmitter {
   #use(link: UpstreamLink): void {
     this.#link = link;
     this.#upSince = Date.now();
-    link.once('close', (reason: string, condition?: string, rejectedInput?: boolean) => {
+    link.once('close', (reason: string, condition: string | undefined, how: LinkEnd) => {
       if (this.#link !== link) return;
       this.#link = undefined;
-      // Held client stanzas were all written to this link (attach and push send them at once).
-      const suspects = this.custody.pending;
+      const suspects = how.byProxy ? 0 : this.custody.inFlight;
+      const alone = this.custody.isolating && suspects === 1;
       // The server keeps this session for a while: the next link resumes it (XEP-0198 §5).
       this.#lastSm = link.sm?.resumable ? link.sm : undefined;
       this.custody.detach();
       if (this.#closed) return;
       // Another connection took the resource: taking it back would kick that one, and so on.
       if (condition === 'conflict') return this.#giveUp('the server gave this resource to another connection', 'conflict');
-      // The server rejected what the client sent: replaying it would be rejected again on every
-      // new link (a re-login loop). Without held client stanzas the input was the proxy's own.
-      if (rejectedInput && suspects > 0) return this.#giveUp(`the server rejected this client's input (${condition})`, 'rejected', condition);
+      // The server rejects what the client sent: replaying it would be rejected again on every
+      // new link (a re-login loop). Without client stanzas in flight the input was the proxy's.
+      if (suspects > 0) {
+        if (alone || (how.rejectedInput && suspects === 1)) {
+          if (how.rejectedInput || ++this.#strikes >= STRIKES) return this.#reject(condition);
+        } else this.custody.isolate(suspects);
+      }
       this.#downSince = Date.now();
       // A link that dies soon after it came up keeps the backoff growing (no login storm).
       if (this.#downSince - this.#upSince >= STABLE_LINK_MS) this.#nextDelayMs = this.#deps.reconnect.initialDelayMs;
@@ -408,6 +425,13 @@ export class Upstream extends EventEmitter {
 
   async #checkArchive(link: UpstreamLink): Promise<void> {
     this.#archive ??= await hasArchive(link, this.#bareJid, this.#deps.reconnect.requestTimeoutMs);
+  }
+
+  /** The held stanza the server would not take is dropped (counted as handled); the session ends. */
+  #reject(condition: string | undefined): void {
+    const raw = this.custody.reject() ?? '';
+    const stanza = /^<(\w+)/.exec(raw)?.[1] ?? 'stanza';
+    this.#giveUp(`the server closed the stream over a <${stanza}/> of this client's (${condition ?? 'no stream error'}); it is not sent again`, 'rejected', condition);
   }
 
   #giveUp(reason: string, kind: UpstreamFailure, condition?: string): void {
