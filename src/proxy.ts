@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { Config } from './config/config.ts';
 import { loadTlsCredentials } from './tls/certificates.ts';
 import { listenC2s } from './c2s/listener.ts';
+import { ConnectionGate } from './c2s/connection-gate.ts';
 import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
 import { UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
 import { LoginLimiter } from './upstream/login-limiter.ts';
@@ -85,6 +86,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     secureContext,
     limits: config.limits,
     log,
+    negotiationTimeoutMs: config.limits.c2sTimeoutSeconds * 1000,
     login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)),
     async verifyCached(cred, bareJid) {
       // A credential the server accepted long ago may have changed since: log in for real then.
@@ -131,8 +133,15 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     },
   };
 
-  const servers: Server[] = await listenC2s(config.listen, certificate, (socket: Socket, direct: boolean) => {
-    const client = new ClientStream(socket, direct, clientDeps);
+  const gate = new ConnectionGate({ maxTotal: config.limits.maxUnauthenticated, maxPerIp: config.limits.maxUnauthenticatedPerIp, log });
+  const listenOptions = {
+    gate,
+    keepaliveMs: config.limits.tcpKeepaliveSeconds * 1000,
+    handshakeTimeoutMs: config.limits.c2sTimeoutSeconds * 1000,
+    domain: config.domains[0] ?? '',
+  };
+  const servers: Server[] = await listenC2s(config.listen, certificate, listenOptions, (socket: Socket, direct: boolean, admission) => {
+    const client = new ClientStream(socket, direct, clientDeps, admission);
     clients.add(client);
     client.once('close', () => clients.delete(client));
   });
@@ -148,6 +157,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     async close() {
       // server.close() waits for open connections: stop accepting, end the streams, then wait.
       const closed = Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+      gate.close();
       for (const client of [...clients]) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
       for (const session of [...sessions]) session.end('proxy shutting down');
       // Peers get a moment to close their side; then their sockets go.

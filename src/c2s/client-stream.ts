@@ -13,6 +13,7 @@ import { SaslFailure, type UpstreamLink } from '../upstream/link.ts';
 import type { PlainCredential } from '../upstream/sasl.ts';
 import type { Handover } from '../session/handover.ts';
 import { bareJidOf, prepLocalpart, prepDomain } from '../jid.ts';
+import type { Admission } from './connection-gate.ts';
 
 /** What a client stream needs from the rest of the proxy, passed in by name. */
 export interface ClientStreamDeps {
@@ -21,6 +22,12 @@ export interface ClientStreamDeps {
   secureContext: tls.SecureContext;
   limits: StreamLimits;
   log: Logger;
+  /**
+   * TLS, SASL and resource binding (or resumption) must be done this long after the TCP accept
+   * (ms; `limits.c2sTimeoutSeconds`), or the stream ends with `connection-timeout` (RFC 6120
+   * §4.9.3.4), or is dropped mid-TLS-handshake; an upstream login it holds is closed.
+   */
+  negotiationTimeoutMs: number;
   /**
    * Logs in upstream as the client (design §4.1.2).
    * @throws SaslFailure (the upstream's verdict) or UpstreamError (unreachable).
@@ -88,11 +95,23 @@ export class ClientStream extends EventEmitter {
   bareJid: string | undefined;
   /** Set by the owning session once XEP-0198 is enabled on this stream. */
   smEnabled = false;
+  /** This connection's place among the unauthenticated ones (released at SASL success). */
+  readonly #admission: Admission;
+  /** Fires at the negotiation deadline (cleared once established or closed). */
+  #deadline: NodeJS.Timeout | undefined;
+  /** Between `<proceed/>` and the end of the TLS handshake: no stream to put an error in. */
+  #tlsHandshaking = false;
 
-  /** @param direct true for direct TLS (XEP-0368): the socket is already a TLSSocket. */
-  constructor(socket: Socket, direct: boolean, deps: ClientStreamDeps) {
+  /**
+   * @param direct true for direct TLS (XEP-0368): the socket is already a TLSSocket.
+   * @param admission from the connection gate at TCP accept: the deadline counts from then.
+   */
+  constructor(socket: Socket, direct: boolean, deps: ClientStreamDeps, admission: Admission) {
     super();
     this.#deps = deps;
+    this.#admission = admission;
+    const left = Math.max(0, deps.negotiationTimeoutMs - (Date.now() - admission.acceptedAt));
+    this.#deadline = setTimeout(this.#onDeadline, left).unref();
     this.log = deps.log.child({ remote: `${socket.remoteAddress}:${socket.remotePort}` });
     this.#state = direct ? 'sasl' : 'pre-tls';
     socket.setNoDelay(true);
@@ -158,6 +177,7 @@ export class ClientStream extends EventEmitter {
   establish(owner: (el: TopLevel) => void): void {
     this.#state = 'established';
     this.#owner = owner;
+    clearTimeout(this.#deadline);
     // The session owns the link now; a listener left here would keep this stream (socket,
     // parser, logger: ~12 KB) alive for as long as the session hibernates.
     this.#link?.off('close', this.#onLinkClose);
@@ -277,12 +297,33 @@ export class ClientStream extends EventEmitter {
     this.#stream.write(`<proceed xmlns='${NS.tls}'/>`);
     this.#state = 'sasl';
     this.#headerSent = false;
+    this.#tlsHandshaking = true;
     try {
       await this.#stream.upgradeServer(this.#deps.secureContext);
     } catch (err) {
       this.log.info(`client TLS handshake failed: ${(err as Error).message}`);
+    } finally {
+      this.#tlsHandshaking = false;
     }
   }
+
+  /**
+   * Negotiation took too long (a silent, stalled or half-done client): `connection-timeout`
+   * (RFC 6120 §4.9.3.4), or a plain drop in the middle of a TLS handshake. An upstream login
+   * made for this stream (authenticated, never bound) is closed at once.
+   */
+  readonly #onDeadline = (): void => {
+    this.#deadline = undefined;
+    if (this.#state === 'established' || this.#stream.closed) return;
+    const seconds = Math.round(this.#deps.negotiationTimeoutMs / 1000);
+    if (this.#tlsHandshaking) {
+      this.log.info(`TLS handshake not done within ${seconds} s of connecting: dropping the connection`);
+      this.destroy();
+    } else {
+      this.fail(new StreamError('connection-timeout', `negotiation not done within ${seconds} s`));
+    }
+    this.#link?.close();
+  };
 
   async #authenticate(el: TopLevel): Promise<void> {
     if (el.attrs.mechanism !== 'PLAIN') {
@@ -304,6 +345,8 @@ export class ClientStream extends EventEmitter {
       if (this.#stream.closed) return this.#link?.close();
       this.bareJid = bareJid;
       this.#state = 'authenticated';
+      // No longer among the unauthenticated connections (the negotiation deadline still runs).
+      this.#admission.release();
       this.#stream.write(`<success xmlns='${NS.sasl}'/>`);
       this.#stream.restart();
       this.#headerSent = false;
@@ -384,6 +427,8 @@ export class ClientStream extends EventEmitter {
   #onClose(): void {
     const wasEstablished = this.#state === 'established';
     this.#state = 'closed';
+    clearTimeout(this.#deadline);
+    this.#admission.release();
     this.#owner = undefined;
     this.#pipelined = [];
     // A client that leaves before binding leaves nothing behind upstream.

@@ -53,6 +53,9 @@ export interface SessionDeps {
  *
  * Events:
  * - `hibernating` (): the client vanished; the session waits for a resume.
+ * - `ack-delayed` ({ unacked: number }): an ack request to the attached client has gone
+ *   unanswered for `sm.maxAckDelaySeconds` (mod_smacks' smacks-ack-delayed); `unacked` stanzas
+ *   wait for it.
  * - `resumed` (): a client resumed it.
  * - `upstream-down` (reason: string): the upstream link dropped; the session reconnects it.
  * - `upstream-up` (): a new upstream link is bound and the session's state replayed.
@@ -95,6 +98,11 @@ export class Session extends EventEmitter {
     this.sm = new StreamManagement(deps.sm);
     this.#duplicates = new DuplicateWindow(deps.duplicateWindow);
     this.sm.on('overflow', () => this.#onOverflow());
+    // mod_smacks' smacks-ack-delayed: the client may be gone without a word (push reacts to it).
+    this.sm.on('ack-delayed', () => {
+      this.log.debug({ unacked: this.sm.queue.length }, `no ack within ${deps.sm.maxAckDelaySeconds} s`);
+      this.emit('ack-delayed', { unacked: this.sm.queue.length });
+    });
     this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
     this.#upstream = new Upstream({ ...deps.upstream, log: this.log }, upstream, this.fullJid);
     this.#upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
