@@ -177,3 +177,20 @@ t.test('unauthenticated connections: 2 per address, 3 in all', async (t) => {
   t.equal(await streamErrorOf(refused), 'resource-constraint', 'full again with the two idle ones and the new one');
   t.equal(await Promise.race([probe, extraError, new Promise((r) => setTimeout(() => r('still open'), 300))]), 'still open', 'the admitted ones are served');
 });
+
+t.test('SASL PLAIN with an authzid naming another account: invalid-authzid, no upstream login', async (t) => {
+  const tp = await proxyWith({});
+  const c = await RawClient.tls({ port: tp.port });
+  const before = relay.logins.length;
+  const auth = (authzid: string) => {
+    c.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>${Buffer.from(`${authzid}\0alice\0alice-pw`).toString('base64')}</auth>`);
+    return c.next((el) => el.name === 'success' || el.name === 'failure');
+  };
+  const refused = await auth('bob@proxy.test');
+  t.equal(refused.name, 'failure');
+  t.equal(refused.getChildElements()[0]?.name, 'invalid-authzid', 'RFC 6120 §6.5.6, not malformed-request');
+  t.equal(relay.logins.length, before, 'no upstream login for it');
+  const own = await auth('alice@proxy.test');
+  t.equal(own.name, 'success', 'an authzid naming the account itself is fine');
+  c.destroy();
+});
