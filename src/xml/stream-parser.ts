@@ -2,6 +2,7 @@ import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { SaxesParser } from 'saxes';
 import { StreamError, type StreamErrorCondition } from './stream-error.ts';
+import { NS } from './stream-header.ts';
 import { TopLevel } from './top-level.ts';
 
 /**
@@ -11,10 +12,11 @@ import { TopLevel } from './top-level.ts';
  * 2.9 µs per message stanza). The names are saxes 6's (pinned in package.json).
  */
 function setHandlers(sax: SaxesParser<{}>, h: {
-  openTagHandler: unknown; closeTagHandler: unknown;
+  attributeHandler: unknown; openTagHandler: unknown; closeTagHandler: unknown;
   errorHandler: unknown; doctypeHandler: unknown; commentHandler: unknown; piHandler: unknown;
 }): void {
   const target = sax as unknown as typeof h;
+  target.attributeHandler = h.attributeHandler;
   target.openTagHandler = h.openTagHandler;
   target.closeTagHandler = h.closeTagHandler;
   target.errorHandler = h.errorHandler;
@@ -22,6 +24,10 @@ function setHandlers(sax: SaxesParser<{}>, h: {
   target.commentHandler = h.commentHandler;
   target.piHandler = h.piHandler;
 }
+
+/** The namespace names of the `xml` and `xmlns` prefixes (Namespaces in XML 1.0 §3). */
+const NS_XML = 'http://www.w3.org/XML/1998/namespace';
+const NS_XMLNS = 'http://www.w3.org/2000/xmlns/';
 
 /** What saxes passes to the open and close tag handlers (with `xmlns: false`). */
 interface SaxesTag {
@@ -35,6 +41,14 @@ interface SaxesTag {
  * `</name>`, with optional whitespace before the `>` (XML 1.0 §3.1, ETag).
  */
 function closeTagNames(text: string, end: number, name: string): boolean {
+  // Nearly always `</name>` exactly: compared in place (lastIndexOf and startsWith cost ~4x more).
+  const n = name.length;
+  const at = end - 1 - n;
+  if (text.charCodeAt(at - 1) === 0x2f && text.charCodeAt(at - 2) === 0x3c) {
+    let i = 0;
+    while (i < n && text.charCodeAt(at + i) === name.charCodeAt(i)) i++;
+    if (i === n) return true;
+  }
   const lt = text.lastIndexOf('</', end - 3);
   if (lt === -1 || !text.startsWith(name, lt + 2)) return false;
   for (let i = lt + 2 + name.length; i < end - 1; i++) {
@@ -68,11 +82,21 @@ export interface StreamLimits {
  * - `element` (el: TopLevel): one complete top-level element (stanza or nonza).
  * - `end` (): the peer closed its stream with `</stream:stream>`.
  * - `error` (err: StreamError): the input broke RFC 6120 §11 or a limit; the condition says which:
- *   `not-well-formed` (XML well-formedness, including a close tag naming another element),
- *   `restricted-xml` (comment, PI, DTD: §11.1), `invalid-namespace` (the root is not
- *   `<stream:stream>`), `unsupported-stanza-type` (a `<stream:stream>` as a top-level child,
- *   §4.9.3.24), `policy-violation` (a {@link StreamLimits} limit). No event follows an error, and
- *   nothing read after the offending input is emitted.
+ *   `not-well-formed` (XML well-formedness, including a close tag naming another element, and
+ *   namespace well-formedness: §11.2, see below), `restricted-xml` (comment, PI, DTD: §11.1),
+ *   `invalid-namespace` (the root is not `<stream:stream>` with `xmlns:stream` bound to
+ *   `http://etherx.jabber.org/streams`, §4.9.3.10, §11.2.1), `unsupported-stanza-type` (a
+ *   stream header as a top-level child, §4.9.3.24), `policy-violation` (a {@link StreamLimits}
+ *   limit). No event follows an error, and nothing read after the offending input is emitted.
+ *
+ * Namespaces: saxes runs without namespace processing (it costs a tree of scopes per element),
+ * so this class checks what Namespaces in XML 1.0 requires of the names (§3, §5, §6.3): every
+ * prefixed element or attribute name is one `prefix:local` whose prefix is declared by an
+ * `xmlns:prefix` attribute on it or an enclosing element (the stream header's declarations
+ * are in scope for every top-level element; `xml` is always bound), `xmlns` is no element
+ * prefix, declarations do not bind `xml` or `xmlns` otherwise than XML does and do not undeclare
+ * (`xmlns:p=''`, XML 1.0), and no two attributes of an element share an expanded name. Only
+ * names with a colon are looked at; a scope is kept only while a stanza declares prefixes.
  *
  * A stream restart (after STARTTLS or SASL, RFC 6120 §4.3.3) needs a new parser.
  */
@@ -96,6 +120,19 @@ export class StreamParser extends EventEmitter {
   #countedFrom = -1;
   #countedChars = 0;
   #countedBytes = 0;
+  /** Prefixes declared on the stream header (prefix → namespace name), in scope everywhere. */
+  readonly #headerPrefixes = new Map<string, string>();
+  /**
+   * Prefixes declared inside the current top-level element, innermost last, each with the depth
+   * of the element that declared it. Empty for nearly every stanza.
+   */
+  readonly #scope: Array<{ depth: number; prefix: string; uri: string }> = [];
+  /**
+   * Names with a colon among the attributes of the open tag being read, collected as saxes reads
+   * them: iterating the attributes object instead (saxes makes it with `Object.create(null)`, a
+   * dictionary) cost ~0.15 µs per element.
+   */
+  #prefixedAttrs: string[] = [];
   #failed = false;
 
   constructor(limits: StreamLimits) {
@@ -105,6 +142,9 @@ export class StreamParser extends EventEmitter {
     const sax = new SaxesParser({ xmlns: false, position: true });
     this.#sax = sax;
     setHandlers(sax, {
+      attributeHandler: (attr: { name: string }) => {
+        if (attr.name.indexOf(':') !== -1) this.#prefixedAttrs.push(attr.name);
+      },
       openTagHandler: (tag: SaxesTag) => this.#onOpen(tag.name, tag.attributes),
       closeTagHandler: (tag: SaxesTag) => this.#onClose(tag),
       // No text handler: saxes then checks text without accumulating it (text between
@@ -172,20 +212,124 @@ export class StreamParser extends EventEmitter {
   #onOpen(name: string, attrs: Record<string, string>): void {
     if (this.#failed) return;
     const depth = ++this.#depth;
+    if (depth === 1) return this.#onHeader(name, attrs);
+    if (depth - 1 > this.#limits.maxDepth) return this.#fail('policy-violation', `elements nested deeper than ${this.#limits.maxDepth}`);
+    // Namespace declarations first: they are in scope for the element's own names.
+    const prefixed = this.#prefixedAttrs;
+    let prefixedAttrs = false;
+    if (prefixed.length !== 0) {
+      this.#prefixedAttrs = [];
+      for (const key of prefixed) {
+        if (key.startsWith('xmlns:')) {
+          const prefix = this.#declaredPrefix(key, attrs[key]!);
+          if (prefix === undefined) return;
+          this.#scope.push({ depth, prefix, uri: attrs[key]! });
+        } else {
+          prefixedAttrs = true;
+        }
+      }
+    }
+    let uri: string | undefined;
+    if (name.indexOf(':') !== -1 && (uri = this.#elementNamespace(name)) === undefined) return;
+    if (prefixedAttrs && !this.#checkAttributes(prefixed)) return;
     if (depth === 2) {
       // A stream header where a stanza belongs (RFC 6120 §4.9.3.24: a first-level child the
       // server does not support). Taken as an element, it would swallow the stanzas after it and
       // the client's `</stream:stream>` would close it.
-      if (name === 'stream:stream') return this.#fail('unsupported-stanza-type', '<stream:stream> inside the stream');
+      if (name === 'stream:stream' || (name.endsWith('stream') && (uri ?? attrs.xmlns) === NS.stream && (name === 'stream' || name.endsWith(':stream')))) {
+        return this.#fail('unsupported-stanza-type', `<${name}> (a stream header) inside the stream`);
+      }
       this.#name = name;
       this.#attrs = attrs;
-    } else if (depth === 1) {
-      if (name !== 'stream:stream') return this.#fail('invalid-namespace', `expected <stream:stream>, got <${name}>`);
-      this.#boundary = this.#sax.position;
-      this.emit('start', attrs);
-    } else if (depth - 1 > this.#limits.maxDepth) {
-      this.#fail('policy-violation', `elements nested deeper than ${this.#limits.maxDepth}`);
     }
+  }
+
+  /** The stream header (RFC 6120 §4.7): `<stream:stream>` in the stream namespace (§11.2.1). */
+  #onHeader(name: string, attrs: Record<string, string>): void {
+    if (name !== 'stream:stream') return this.#fail('invalid-namespace', `expected <stream:stream>, got <${name}>`);
+    const prefixed = this.#prefixedAttrs;
+    this.#prefixedAttrs = [];
+    let prefixedAttrs = false;
+    for (const key of prefixed) {
+      if (key.startsWith('xmlns:')) {
+        const prefix = this.#declaredPrefix(key, attrs[key]!);
+        if (prefix === undefined) return;
+        this.#headerPrefixes.set(prefix, attrs[key]!);
+      } else {
+        prefixedAttrs = true;
+      }
+    }
+    if (this.#headerPrefixes.get('stream') !== NS.stream) return this.#fail('invalid-namespace', `the stream prefix is not bound to ${NS.stream}`);
+    if (prefixedAttrs && !this.#checkAttributes(prefixed)) return;
+    this.#boundary = this.#sax.position;
+    this.emit('start', attrs);
+  }
+
+  /**
+   * The prefix an `xmlns:prefix` attribute declares, or undefined after failing the stream for a
+   * declaration Namespaces in XML 1.0 (§3) forbids.
+   */
+  #declaredPrefix(key: string, value: string): string | undefined {
+    const prefix = key.slice(6);
+    if (prefix === '' || prefix.indexOf(':') !== -1) return this.#failNs(`malformed namespace declaration ${key}`);
+    if (prefix === 'xmlns' || value === NS_XMLNS) return this.#failNs(`${key}: the xmlns prefix and namespace cannot be declared`);
+    if ((prefix === 'xml') !== (value === NS_XML)) return this.#failNs(`${key}: only the xml prefix is bound to ${NS_XML}`);
+    if (value === '') return this.#failNs(`${key}='' undeclares a prefix (not allowed in XML 1.0)`);
+    return prefix;
+  }
+
+  /** The prefix of a qualified name (`prefix:local`), or undefined after failing the stream. */
+  #prefixOf(name: string): string | undefined {
+    const colon = name.indexOf(':');
+    if (colon === 0 || colon === name.length - 1 || name.indexOf(':', colon + 1) !== -1) return this.#failNs(`malformed qualified name ${name}`);
+    return name.slice(0, colon);
+  }
+
+  /** The namespace bound to `prefix` here, or undefined. */
+  #lookup(prefix: string): string | undefined {
+    if (prefix === 'xml') return NS_XML;
+    const scope = this.#scope;
+    for (let i = scope.length - 1; i >= 0; i--) if (scope[i]!.prefix === prefix) return scope[i]!.uri;
+    return this.#headerPrefixes.get(prefix);
+  }
+
+  /** The namespace of a prefixed element name, or undefined after failing the stream. */
+  #elementNamespace(name: string): string | undefined {
+    const prefix = this.#prefixOf(name);
+    if (prefix === undefined) return undefined;
+    if (prefix === 'xmlns') return this.#failNs(`<${name}>: xmlns is not an element prefix`);
+    return this.#lookup(prefix) ?? this.#failNs(`<${name}>: namespace prefix ${prefix} is not declared`);
+  }
+
+  /**
+   * Prefixed attribute names of one element (`names`: those with a colon; declarations are
+   * skipped): bound, and no expanded name twice (§6.3).
+   */
+  #checkAttributes(names: string[]): boolean {
+    let first: string | undefined;
+    let seen: Set<string> | undefined;
+    for (const key of names) {
+      if (key.startsWith('xmlns:')) continue;
+      const prefix = this.#prefixOf(key);
+      if (prefix === undefined) return false;
+      const uri = this.#lookup(prefix);
+      if (uri === undefined) return this.#failNs(`attribute ${key}: namespace prefix ${prefix} is not declared`) ?? false;
+      const expanded = `${uri} ${key.slice(prefix.length + 1)}`;
+      if (first === undefined) {
+        first = expanded;
+      } else {
+        seen ??= new Set([first]);
+        if (seen.has(expanded)) return this.#failNs(`attribute ${key} repeats another attribute's namespace and name`) ?? false;
+        seen.add(expanded);
+      }
+    }
+    return true;
+  }
+
+  /** Namespace well-formedness (RFC 6120 §11.2, Namespaces in XML 1.0): always undefined. */
+  #failNs(text: string): undefined {
+    this.#fail('not-well-formed', text);
+    return undefined;
   }
 
   /**
@@ -199,6 +343,8 @@ export class StreamParser extends EventEmitter {
   #onClose(tag: SaxesTag): void {
     if (this.#failed) return;
     const depth = this.#depth--;
+    const scope = this.#scope;
+    while (scope.length !== 0 && scope[scope.length - 1]!.depth === depth) scope.pop();
     if (depth <= 2 && !tag.isSelfClosing && !closeTagNames(this.#buf, this.#sax.position - this.#bufStart, tag.name)) {
       return this.#fail('not-well-formed', `<${tag.name}> closed by another name`);
     }

@@ -144,3 +144,51 @@ t.test('maxStanzaBytes counts UTF-8 bytes, not UTF-16 characters', async (t) => 
   t.equal(byUnit.error, undefined, 'a surrogate pair split across writes counts 4 bytes, not 3 + 3');
   t.equal(byUnit.elements[0]?.raw, fits);
 });
+
+t.test('namespace well-formedness (XML Namespaces, RFC 6120 §11.2): unbound prefixes are not-well-formed', async (t) => {
+  const bad: Array<[string, string]> = [
+    ['unbound element prefix', `<message><foo:bar/></message>`],
+    ['unbound attribute prefix', `<message><x xmlns='urn:x' foo:x='1'/></message>`],
+    ['unbound prefix on the stanza itself', `<foo:message/>`],
+    ['prefix out of scope after its element closed', `<message><a xmlns:foo='urn:foo'/><foo:b/></message>`],
+    ['prefix declared on an earlier stanza', `<message xmlns:foo='urn:foo'/><message><foo:b/></message>`],
+    ['empty prefix', `<message><:b/></message>`],
+    ['two colons', `<message xmlns:a='urn:a'><a:b:c/></message>`],
+    ['empty local name', `<message xmlns:a='urn:a'><a:/></message>`],
+    ['element with the xmlns prefix', `<message><xmlns:b/></message>`],
+    ['undeclaring a prefix (XML 1.0)', `<message xmlns:a=''><a:b/></message>`],
+    ['rebinding xml', `<message xmlns:xml='urn:other'/>`],
+    ['declaring xmlns', `<message xmlns:xmlns='http://www.w3.org/2000/xmlns/'/>`],
+    ['binding another prefix to the xmlns namespace', `<message xmlns:a='http://www.w3.org/2000/xmlns/'/>`],
+    ['the same expanded attribute name twice', `<message xmlns:a='urn:u' xmlns:b='urn:u'><x a:y='1' b:y='2'/></message>`],
+  ];
+  for (const [name, input] of bad) {
+    const r = run([HEADER, `<presence/>`, input, `<iq/>`]);
+    t.equal(r.error?.condition, 'not-well-formed', name);
+    const before = name === 'prefix declared on an earlier stanza' ? [`<presence/>`, `<message xmlns:foo='urn:foo'/>`] : [`<presence/>`];
+    t.same(r.elements.map((el) => el.raw), before, `${name}: nothing emitted from it or after it`);
+  }
+  const good = [
+    `<message xmlns:foo='urn:foo'><foo:bar foo:x='1'/></message>`,
+    `<message><a xmlns:foo='urn:foo'><foo:b><foo:c/></foo:b></a></message>`,
+    `<message><body xml:lang='de'>x</body></message>`,
+    `<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>`,
+    `<message xmlns:a='urn:a'><x a:y='1' y='2'/><a:x xmlns:a='urn:shadow'/></message>`,
+    `<message xmlns:xml='http://www.w3.org/XML/1998/namespace'/>`,
+    `<foo:message xmlns:foo='jabber:client'/>`,
+  ];
+  for (const input of good) {
+    const r = run([HEADER, input]);
+    t.equal(r.error, undefined, input);
+    t.equal(r.elements[0]?.raw, input);
+  }
+  const header = `<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' xmlns:ext='urn:ext' xml:lang='en'>`;
+  const r = run([header, `<message><ext:x ext:y='1'/></message>`]);
+  t.equal(r.error, undefined, 'prefixes declared on the stream header are in scope for every stanza');
+  t.equal(r.elements.length, 1);
+  t.equal(run([`<stream:stream xmlns='jabber:client' foo:x='1' xmlns:stream='http://etherx.jabber.org/streams'>`]).error?.condition, 'not-well-formed', 'an unbound prefix on the header');
+  t.equal(run([`<stream:stream xmlns='jabber:client'>`]).error?.condition, 'invalid-namespace', 'a header without the stream namespace');
+  t.equal(run([`<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong'>`]).error?.condition, 'invalid-namespace', 'a header in the wrong namespace');
+  const other = run([HEADER, `<s:stream xmlns:s='http://etherx.jabber.org/streams'><message/>`]);
+  t.equal(other.error?.condition, 'unsupported-stanza-type', 'a stream open tag as a top-level child, whatever its prefix');
+});
