@@ -7,6 +7,7 @@ import type { Config } from './config/config.ts';
 import { loadTlsCredentials } from './tls/certificates.ts';
 import { listenC2s } from './c2s/listener.ts';
 import { ConnectionGate } from './c2s/connection-gate.ts';
+import { AuthThrottle } from './c2s/auth-throttle.ts';
 import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
 import { UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
 import { LoginLimiter } from './upstream/login-limiter.ts';
@@ -87,6 +88,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     limits: config.limits,
     log,
     negotiationTimeoutMs: config.limits.c2sTimeoutSeconds * 1000,
+    authThrottle: new AuthThrottle({ maxFailures: config.limits.maxAuthFailures, periodMs: config.limits.authFailurePeriodSeconds * 1000, log }),
     login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)),
     async verifyCached(cred, bareJid) {
       // A credential the server accepted long ago may have changed since: log in for real then.

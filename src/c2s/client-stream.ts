@@ -14,6 +14,7 @@ import type { PlainCredential } from '../upstream/sasl.ts';
 import type { Handover } from '../session/handover.ts';
 import { bareJidOf, prepLocalpart, prepDomain } from '../jid.ts';
 import type { Admission } from './connection-gate.ts';
+import type { AuthThrottle } from './auth-throttle.ts';
 
 /** What a client stream needs from the rest of the proxy, passed in by name. */
 export interface ClientStreamDeps {
@@ -28,6 +29,12 @@ export interface ClientStreamDeps {
    * §4.9.3.4), or is dropped mid-TLS-handshake; an upstream login it holds is closed.
    */
   negotiationTimeoutMs: number;
+  /**
+   * Failed logins per client address and per account (`limits.maxAuthFailures` within
+   * `limits.authFailurePeriodSeconds`): while either is throttled, `<auth/>` gets
+   * `temporary-auth-failure` without an upstream login.
+   */
+  authThrottle: AuthThrottle;
   /**
    * Logs in upstream as the client (design §4.1.2).
    * @throws SaslFailure (the upstream's verdict) or UpstreamError (unreachable).
@@ -331,8 +338,14 @@ export class ClientStream extends EventEmitter {
     }
     const cred = parsePlain(el.element().getText(), this.#domain!);
     if ('condition' in cred) return this.#saslFailure(cred.condition);
-    this.#state = 'authenticating';
     const bareJid = `${cred.username}@${prepDomain(this.#domain!)}`;
+    // Password guessing (mod_limit_auth, mod_fail2ban): no upstream login, no cache check.
+    const throttled = this.#deps.authThrottle.check(this.#admission.address, bareJid);
+    if (throttled) {
+      this.log.info({ account: bareJid }, `login refused: too many failed logins ${throttled === 'address' ? 'from this address' : 'for this account'}`);
+      return this.#saslFailure('temporary-auth-failure', 'too many failed logins, try again later');
+    }
+    this.#state = 'authenticating';
     try {
       // A returning client (most often about to resume) needs no new upstream login.
       const cachedFeatures = await this.#deps.verifyCached(cred, bareJid);
@@ -356,6 +369,8 @@ export class ClientStream extends EventEmitter {
       this.#state = 'sasl';
       if (err instanceof SaslFailure) {
         this.log.info({ condition: err.condition }, 'upstream refused the login');
+        // The server's verdict on the credential counts; its own temporary trouble does not.
+        if (err.condition !== 'temporary-auth-failure') this.#deps.authThrottle.failed(this.#admission.address, bareJid);
         this.#saslFailure(err.condition);
       } else {
         this.log.warn(`upstream login failed: ${(err as Error).message}`);
@@ -364,8 +379,10 @@ export class ClientStream extends EventEmitter {
     }
   }
 
-  #saslFailure(condition: string): void {
-    this.#stream.write(`<failure xmlns='${NS.sasl}'><${condition}/></failure>`);
+  /** RFC 6120 §6.4.5 `<failure/>` with `condition` and an optional (fixed, English) `<text/>`. */
+  #saslFailure(condition: string, text?: string): void {
+    const textEl = text ? `<text xml:lang='en'>${text}</text>` : '';
+    this.#stream.write(`<failure xmlns='${NS.sasl}'><${condition}/>${textEl}</failure>`);
     if (++this.#authAttempts >= MAX_AUTH_ATTEMPTS) {
       this.fail(new StreamError('policy-violation', 'too many failed authentication attempts'));
     }

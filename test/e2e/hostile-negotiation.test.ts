@@ -194,3 +194,37 @@ t.test('SASL PLAIN with an authzid naming another account: invalid-authzid, no u
   t.equal(own.name, 'success', 'an authzid naming the account itself is fine');
   c.destroy();
 });
+
+t.test('failed logins are throttled per address and per account (3 within 3 s)', async (t) => {
+  const tp = await proxyWith({ maxAuthFailures: 3, authFailurePeriodSeconds: 3 });
+  const conditionOf = (answer: Element): string => (answer.name === 'success' ? 'success' : (answer.getChildElements()[0]?.name ?? ''));
+
+  // Successes do not count.
+  for (let i = 0; i < 4; i++) (await RawClient.authenticated({ port: tp.port, user: 'carol', password: 'carol-pw' })).destroy();
+
+  const before = relay.logins.length;
+  const first = await RawClient.tls({ port: tp.port });
+  t.equal(conditionOf(await first.auth('alice', 'guess-1')), 'not-authorized');
+  t.equal(conditionOf(await first.auth('alice', 'guess-2')), 'not-authorized');
+  first.destroy();
+  const second = await RawClient.tls({ port: tp.port });
+  t.equal(conditionOf(await second.auth('alice', 'guess-3')), 'not-authorized', 'the third failure reaches the limit');
+  const limitReachedAt = Date.now();
+  t.equal(relay.logins.length - before, 3, 'each guess so far was an upstream login');
+
+  const refused = await second.auth('alice', 'alice-pw');
+  t.equal(conditionOf(refused), 'temporary-auth-failure', 'even the right password is refused now');
+  t.match(refused.getChildText('text'), /too many failed logins/);
+  second.destroy();
+  t.equal(await directAuthFrom('127.0.0.1', tp.tlsPort, 'bob', 'bob-pw'), 'temporary-auth-failure', 'another account from the same address: refused');
+  t.equal(await directAuthFrom('127.0.0.2', tp.tlsPort, 'alice', 'alice-pw'), 'temporary-auth-failure', 'the same account from another address: refused');
+  t.equal(relay.logins.length - before, 3, 'no upstream login for a refused attempt');
+
+  t.equal(await directAuthFrom('127.0.0.2', tp.tlsPort, 'bob', 'bob-pw'), 'success', 'another account from another address works');
+  t.equal(relay.logins.length - before, 4, 'with its upstream login');
+
+  await new Promise((r) => setTimeout(r, Math.max(0, limitReachedAt + 3200 - Date.now())));
+  const after = await RawClient.tls({ port: tp.port });
+  t.equal(conditionOf(await after.auth('alice', 'alice-pw')), 'success', 'after the period the right password works again');
+  after.destroy();
+});
