@@ -35,7 +35,9 @@ const native: ProsodyInstance = await startProsody({
 t.teardown(() => native.stop());
 const legacy: ProsodyInstance = await startProsody({ tls: 'required', accounts });
 t.teardown(() => legacy.stop());
-const tp: TestProxy = await startTestProxy(legacy, { sm: { hibernationSeconds: HIBERNATION } });
+// The mass-resume scenario opens USERS (200) connections from 127.0.0.1 at once, all of them
+// unauthenticated for a moment: more than the default per-address limit (100) would admit.
+const tp: TestProxy = await startTestProxy(legacy, { sm: { hibernationSeconds: HIBERNATION }, limits: { maxUnauthenticatedPerIp: 2 * USERS } });
 t.teardown(() => tp.close());
 const targets: Target[] = [
   { name: 'proxy', port: tp.port },
