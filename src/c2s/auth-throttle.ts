@@ -24,7 +24,7 @@ export type Throttled = 'address' | 'account';
  * JID). A key that reaches `maxFailures` failures within `periodMs` of its first counted
  * failure is throttled for `periodMs` from the failure that reached the limit: every `<auth/>`
  * from that address, or for that account, is then refused (the client stream answers
- * `temporary-auth-failure`, RFC 6120 §6.5.9) without an upstream login. Only failures count,
+ * `temporary-auth-failure`, RFC 6120 §6.5.11) without an upstream login. Only failures count,
  * and only the server's verdicts on a credential (a success neither counts nor clears).
  *
  * Logins already in flight when a key becomes throttled still finish: the overshoot is at most

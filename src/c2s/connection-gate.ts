@@ -36,7 +36,7 @@ export interface Refusal {
  * Counts client connections that have not authenticated yet (issue 10: from TCP accept, direct
  * TLS included before its handshake, until SASL success or close) and refuses new ones past
  * the limits: over the per-address limit `policy-violation` (RFC 6120 §4.9.3.14), over the
- * proxy-wide one `resource-constraint` (§4.9.3.16). The per-address map holds only addresses
+ * proxy-wide one `resource-constraint` (§4.9.3.17). The per-address map holds only addresses
  * with at least one connection counted (an entry is deleted when its count drops to zero), so
  * it never has more than `maxTotal` entries.
  *
