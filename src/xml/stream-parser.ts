@@ -158,8 +158,8 @@ export class StreamParser extends EventEmitter {
   }
 
   /**
-   * Feeds decoded text (use `socket.setEncoding('utf8')` so multi-byte characters are never
-   * split). After an error, input is ignored.
+   * Feeds decoded text (XmlStream decodes the socket's bytes as strict UTF-8). A surrogate pair
+   * may be split across two writes. After an error, input is ignored.
    */
   write(chunk: string): void {
     if (this.#failed) return;
