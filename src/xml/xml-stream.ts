@@ -1,4 +1,4 @@
-import { isAscii } from 'node:buffer';
+import { Buffer, isAscii } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import * as tls from 'node:tls';
@@ -6,6 +6,8 @@ import type { TopLevel } from './top-level.ts';
 import { StreamParser, type StreamLimits } from './stream-parser.ts';
 import { StreamError } from './stream-error.ts';
 import { STREAM_CLOSE } from './stream-header.ts';
+
+const EMPTY = Buffer.alloc(0);
 
 function newDecoder(): TextDecoder {
   return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -26,7 +28,16 @@ function newDecoder(): TextDecoder {
  * - `handlerError` (err: unknown): a listener of `start`, `element` or `end` threw (a bug). The
  *   parser goes on with the next element; the owner decides what the bug costs (a client stream
  *   ends with `internal-server-error`, an upstream link drops the element).
+ * - `drain` (): output that was waiting has been handed to the kernel. The current socket's own
+ *   `drain` (after a write reached its `writableHighWaterMark`, 16 KiB by default), re-emitted;
+ *   and once {@link bufferedBytes} was read non-zero, a `drain` is sure to follow when the socket
+ *   buffer and the coalesced output are both empty (unless `close` comes first), even where the
+ *   socket would emit none. A backpressure owner waits for it after it saw too much buffered.
  * - `close` (): the socket is gone (after `end`, an error, or a network drop). Emitted once.
+ *
+ * Backpressure: {@link pauseReading} / {@link resumeReading} stop and restart reading the socket
+ * (the peer's TCP window then fills); {@link bufferedBytes} is what was written and not yet taken
+ * by the kernel.
  */
 export class XmlStream extends EventEmitter {
   #socket: Socket;
@@ -34,13 +45,20 @@ export class XmlStream extends EventEmitter {
   readonly #limits: StreamLimits;
   /** Output of this event-loop turn, written as one chunk (one TLS record, one syscall). */
   #out = '';
+  /** UTF-8 bytes of the first `#outCounted` characters of `#out` (counted when asked for). */
+  #outCounted = 0;
+  #outBytes = 0;
   #flushScheduled = false;
   readonly #flush = (): void => {
     this.#flushScheduled = false;
-    const out = this.#out;
-    this.#out = '';
-    if (out !== '' && !this.#closed) this.#socket.write(out);
+    const out = this.#takeOut();
+    if (out !== '' && !this.#closed) this.#writeOut(out);
   };
+  #readingPaused = false;
+  /** Between the start of a STARTTLS upgrade and the TLS socket's attach. */
+  #upgrading = false;
+  /** `bufferedBytes` was read non-zero since the last `drain`: one is owed (see the class doc). */
+  #drainOwed = false;
   #closed = false;
   #ending = false;
   /**
@@ -86,6 +104,46 @@ export class XmlStream extends EventEmitter {
   /** The current socket (a TLSSocket after `upgrade*`). */
   get socket(): Socket {
     return this.#socket;
+  }
+
+  /**
+   * Bytes written to this stream that the kernel has not taken yet: the socket's
+   * `writableLength` (in bytes: the stream writes Buffers) plus the coalesced output not yet
+   * handed to the socket (UTF-8 bytes). A non-zero answer makes a `drain` owed.
+   */
+  get bufferedBytes(): number {
+    const out = this.#out;
+    if (out.length !== this.#outCounted) {
+      this.#outBytes += Buffer.byteLength(out.slice(this.#outCounted));
+      this.#outCounted = out.length;
+    }
+    const socket = this.#socket;
+    const n = socket.writableLength + this.#outBytes;
+    if (n !== 0 && !this.#drainOwed && !this.#closed && !this.#ending) {
+      this.#drainOwed = true;
+      // Pending output is flushed with a write callback. Otherwise, unless the socket will emit
+      // its own drain, an empty write's callback tells when what it holds now has left.
+      if (out === '' && !socket.writableNeedDrain) socket.write(EMPTY, this.#onOwedWritten);
+    }
+    return n;
+  }
+
+  /**
+   * Stops reading the socket (backpressure): nothing more is read until {@link resumeReading}
+   * (the elements of a read being parsed when this is called still come), and the peer's TCP
+   * window fills. Stays in force across a STARTTLS upgrade (the handshake itself still runs): the
+   * TLS socket starts paused.
+   */
+  pauseReading(): void {
+    this.#readingPaused = true;
+    if (!this.#upgrading) this.#socket.pause();
+  }
+
+  /** Reads the (current) socket again after {@link pauseReading}. */
+  resumeReading(): void {
+    this.#readingPaused = false;
+    // During a handshake the TLS socket has no data listener yet: flowing, it would drop data.
+    if (!this.#upgrading) this.#socket.resume();
   }
 
   /** True once the socket is closed or closing. */
@@ -139,9 +197,7 @@ export class XmlStream extends EventEmitter {
   end(): void {
     if (this.#closed || this.#ending) return;
     this.#ending = true;
-    const out = this.#out + STREAM_CLOSE;
-    this.#out = '';
-    this.#socket.end(out);
+    this.#socket.end(Buffer.from(this.#takeOut() + STREAM_CLOSE));
     // A peer that never answers our close must not hold the socket forever.
     setTimeout(() => this.destroy(), 5000).unref();
   }
@@ -174,13 +230,39 @@ export class XmlStream extends EventEmitter {
 
   /** `<proceed/>`/`<starttls/>` must be on the wire, in clear, before the socket changes. */
   #flushNow(): void {
-    if (this.#out !== '') this.#socket.write(this.#out);
-    this.#out = '';
+    if (this.#out !== '') this.#writeOut(this.#takeOut());
   }
+
+  #takeOut(): string {
+    const out = this.#out;
+    this.#out = '';
+    this.#outCounted = 0;
+    this.#outBytes = 0;
+    return out;
+  }
+
+  /** As a Buffer, so that `writableLength` counts bytes (for strings it counts UTF-16 units). */
+  #writeOut(out: string): void {
+    this.#socket.write(Buffer.from(out), this.#drainOwed ? this.#onOwedWritten : undefined);
+  }
+
+  readonly #onOwedWritten = (err?: Error | null): void => {
+    if (err || !this.#drainOwed || this.#out !== '' || this.#socket.writableLength !== 0) return;
+    this.#drainOwed = false;
+    this.emit('drain');
+  };
+
+  readonly #onSocketDrain = (): void => {
+    // Output still coalescing was owed a drain too: its flush's write callback emits it.
+    if (this.#drainOwed && this.#out !== '') return;
+    this.#drainOwed = false;
+    this.emit('drain');
+  };
 
   #upgrade(wrap: (raw: Socket) => tls.TLSSocket, readyEvent: string): Promise<void> {
     const raw = this.#socket;
     this.#detach(raw);
+    this.#upgrading = true;
     const secure = wrap(raw);
     this.#socket = secure;
     return new Promise((resolve, reject) => {
@@ -209,12 +291,16 @@ export class XmlStream extends EventEmitter {
     socket.on('data', this.#onData);
     socket.on('error', this.#onSocketError);
     socket.on('close', this.#onSocketClose);
+    socket.on('drain', this.#onSocketDrain);
+    this.#upgrading = false;
+    if (this.#readingPaused) socket.pause();
   }
 
   #detach(socket: Socket): void {
     socket.off('data', this.#onData);
     socket.off('error', this.#onSocketError);
     socket.off('close', this.#onSocketClose);
+    socket.off('drain', this.#onSocketDrain);
   }
 
   #onSocketError = (): void => {

@@ -112,13 +112,80 @@ t.test('U+FEFF: skipped as a byte-order mark at the start, kept as content elsew
   t.equal(seen.elements[0]!.element().getChildText('body'), '\uFEFFé', 'U+FEFF in a body');
 });
 
-t.test('STARTTLS: a fresh decoder on the TLS socket', async (t) => {
+t.test('pauseReading stops elements until resumeReading', async (t) => {
+  const { stream, peer, seen } = await pair(t);
+  peer.write(HEADER + `<presence/>`);
+  t.ok(await waitFor(() => seen.elements.length === 1));
+  stream.pauseReading();
+  peer.write(`<message><body>held</body></message>`);
+  await sleep(100);
+  t.equal(seen.elements.length, 1, 'nothing read while paused');
+  stream.resumeReading();
+  t.ok(await waitFor(() => seen.elements.length === 2), 'read after resume');
+});
+
+t.test('bufferedBytes counts bytes of UTF-8 (coalesced output and the socket buffer); drain follows', async (t) => {
+  const { stream, peer } = await pair(t);
+  t.equal(stream.bufferedBytes, 0);
+  const small = `<message><body>${'é'.repeat(50)}</body></message>`;
+  stream.write(small);
+  t.equal(stream.bufferedBytes, Buffer.byteLength(small), 'not yet flushed: its bytes, not its characters');
+  const drained = await Promise.race([once(stream, 'drain').then(() => true), sleep(2000).then(() => false)]);
+  t.ok(drained, 'a drain follows a small write once bufferedBytes was read non-zero');
+  t.equal(stream.bufferedBytes, 0);
+
+  // The peer reads nothing: 8 M characters of CJK (24 MB of UTF-8) cannot all fit in the kernel.
+  peer.pause();
+  const chunk = `<message><body>${'漢'.repeat(1 << 20)}</body></message>`;
+  for (let i = 0; i < 8; i++) stream.write(chunk);
+  await sleep(100); // flushed
+  const chars = chunk.length * 8;
+  const buffered = stream.bufferedBytes;
+  t.equal(buffered, stream.socket.writableLength, 'all of it in the socket by now');
+  t.ok(buffered > chars, `in bytes (${buffered} > ${chars} characters)`);
+  let received = 0;
+  peer.on('data', (d: Buffer) => (received += d.length));
+  const drain = once(stream, 'drain');
+  peer.resume();
+  await drain;
+  t.equal(stream.bufferedBytes, 0, 'drain: everything went to the kernel');
+  const total = Buffer.byteLength(small) + Buffer.byteLength(chunk) * 8;
+  t.ok(await waitFor(() => received === total), 'the peer got every byte');
+});
+
+t.test('a drain follows bufferedBytes read non-zero when only the socket holds output, under its high-water mark', async (t) => {
+  const { stream, peer } = await pair(t);
+  peer.pause();
+  const chunk = `<message><body>${'x'.repeat(12 * 1024)}</body></message>`; // under the 16 KiB mark
+  const tick = () => new Promise((resolve) => setImmediate(resolve));
+  let writes = 0;
+  // Fill the kernel's buffers until a whole write stays in the socket.
+  while (stream.socket.writableLength === 0 && writes < 20_000) {
+    stream.write(chunk);
+    writes++;
+    await tick();
+    await tick();
+  }
+  t.ok(stream.socket.writableLength > 0, `the socket holds output after ${writes} writes`);
+  t.notOk(stream.socket.writableNeedDrain, 'and will emit no drain of its own');
+  t.equal(stream.bufferedBytes, stream.socket.writableLength);
+  const drained = Promise.race([once(stream, 'drain').then(() => true), sleep(3000).then(() => false)]);
+  peer.resume();
+  t.ok(await drained, 'drain');
+  t.equal(stream.bufferedBytes, 0);
+});
+
+t.test('STARTTLS: a fresh decoder on the TLS socket; pause applies to it', async (t) => {
   const creds = generateSelfSigned(['a.test']);
   const context = tls.createSecureContext({ key: creds.key, cert: creds.cert });
   const { stream, peer, seen } = await pair(t);
   peer.write(HEADER + `<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`);
   t.ok(await waitFor(() => seen.elements.length === 1));
+  // Paused before the upgrade: the handshake still runs, the XML waits.
+  stream.pauseReading();
   const upgraded = stream.upgradeServer(context);
+  stream.resumeReading(); // toggled during the handshake: the last call holds once it is done
+  stream.pauseReading();
   const secure = tls.connect({ socket: peer, rejectUnauthorized: false, servername: 'a.test' });
   await Promise.all([upgraded, once(secure, 'secureConnect')]);
   const body = Buffer.from(`<message><body>ü</body></message>`);
@@ -126,10 +193,17 @@ t.test('STARTTLS: a fresh decoder on the TLS socket', async (t) => {
   secure.write(Buffer.concat([Buffer.from(HEADER), body.subarray(0, cut)]));
   await sleep(30);
   secure.write(body.subarray(cut));
+  await sleep(100);
+  t.equal(seen.elements.length, 1, 'nothing read while paused, after the upgrade too');
+  stream.resumeReading();
   t.ok(await waitFor(() => seen.elements.length === 2));
   t.equal(seen.elements[1]!.element().getChildText('body'), 'ü', 'a character split across TLS records');
   secure.write(Buffer.from([0x3c, 0xc3, 0x28, 0x3e]));
   t.ok(await waitFor(() => seen.errors.length === 1));
   t.equal(seen.errors[0]!.condition, 'unsupported-encoding', 'invalid UTF-8 inside TLS');
+  stream.write(`<message><body>${'ß'.repeat(100)}</body></message>`);
+  t.ok(stream.bufferedBytes > 200);
+  const drained = await Promise.race([once(stream, 'drain').then(() => true), sleep(2000).then(() => false)]);
+  t.ok(drained, 'drain from the TLS socket');
   secure.destroy();
 });
