@@ -12,11 +12,10 @@ import { TopLevel } from './top-level.ts';
  * 2.9 µs per message stanza). The names are saxes 6's (pinned in package.json).
  */
 function setHandlers(sax: SaxesParser<{}>, h: {
-  attributeHandler: unknown; openTagHandler: unknown; closeTagHandler: unknown;
+  openTagHandler: unknown; closeTagHandler: unknown;
   errorHandler: unknown; doctypeHandler: unknown; commentHandler: unknown; piHandler: unknown;
 }): void {
   const target = sax as unknown as typeof h;
-  target.attributeHandler = h.attributeHandler;
   target.openTagHandler = h.openTagHandler;
   target.closeTagHandler = h.closeTagHandler;
   target.errorHandler = h.errorHandler;
@@ -28,6 +27,15 @@ function setHandlers(sax: SaxesParser<{}>, h: {
 /** The namespace names of the `xml` and `xmlns` prefixes (Namespaces in XML 1.0 §3). */
 const NS_XML = 'http://www.w3.org/XML/1998/namespace';
 const NS_XMLNS = 'http://www.w3.org/2000/xmlns/';
+
+/**
+ * saxes 6's per-attribute hook and the list it fills (`xmlns: false`: `pushAttribPlain`, which
+ * also calls the `attribute` handler, unused here).
+ */
+interface SaxesAttributes {
+  pushAttrib(name: string, value: string): void;
+  attribList: Array<{ name: string; value: string }>;
+}
 
 /** What saxes passes to the open and close tag handlers (with `xmlns: false`). */
 interface SaxesTag {
@@ -129,8 +137,7 @@ export class StreamParser extends EventEmitter {
   readonly #scope: Array<{ depth: number; prefix: string; uri: string }> = [];
   /**
    * Names with a colon among the attributes of the open tag being read, collected as saxes reads
-   * them: iterating the attributes object instead (saxes makes it with `Object.create(null)`, a
-   * dictionary) cost ~0.15 µs per element.
+   * them (see the constructor).
    */
   #prefixedAttrs: string[] = [];
   #failed = false;
@@ -141,10 +148,17 @@ export class StreamParser extends EventEmitter {
     // `position` (in UTF-16 units, like string indexes) locates each element in the input.
     const sax = new SaxesParser({ xmlns: false, position: true });
     this.#sax = sax;
+    // Prefixed attribute names are collected as saxes reads each attribute, by its own hook
+    // (pushAttribPlain's work, plus the colon check). Iterating the attributes object in the open
+    // tag handler instead (a dictionary: saxes makes it with `Object.create(null)`) cost
+    // ~0.15 µs per element, and an `attribute` handler, called per attribute, ~0.15 µs per
+    // ~300-byte stanza (bench/parse.ts).
+    const self = this;
+    (sax as unknown as SaxesAttributes).pushAttrib = function (this: SaxesAttributes, name: string, value: string): void {
+      this.attribList.push({ name, value });
+      if (name.indexOf(':') !== -1) self.#prefixedAttrs.push(name);
+    };
     setHandlers(sax, {
-      attributeHandler: (attr: { name: string }) => {
-        if (attr.name.indexOf(':') !== -1) this.#prefixedAttrs.push(attr.name);
-      },
       openTagHandler: (tag: SaxesTag) => this.#onOpen(tag.name, tag.attributes),
       closeTagHandler: (tag: SaxesTag) => this.#onClose(tag),
       // No text handler: saxes then checks text without accumulating it (text between
