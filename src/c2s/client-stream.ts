@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
+import { checkClientElement, relayedNonzas, CLIENT_STREAM_ERROR } from './stanza-check.ts';
 import { XmlStream } from '../xml/xml-stream.ts';
 import { StreamError } from '../xml/stream-error.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
@@ -98,6 +99,10 @@ export class ClientStream extends EventEmitter {
   #pipelined: TopLevel[] = [];
   /** A retired session's stanzas, until the bind that took its resource is answered. */
   #handover: Handover | undefined;
+  /** Nonza namespaces relayed once established (stanza-check.ts), fixed at {@link establish}. */
+  #nonzas: ReadonlySet<string> = new Set();
+  /** The stream error the proxy closed this stream with (see {@link failure}). */
+  #failure: StreamError | undefined;
   /** The authenticated account (prepared bare JID, RFC 7622), after SASL. */
   bareJid: string | undefined;
   /** Set by the owning session once XEP-0198 is enabled on this stream. */
@@ -144,6 +149,16 @@ export class ClientStream extends EventEmitter {
     return this.#stream.closed;
   }
 
+  /**
+   * The stream error the proxy itself closed this stream with (its first {@link fail}), undefined
+   * when it did not: the client left, vanished, or was closed without an error. A session can
+   * tell a client closed for abuse (`invalid-namespace`, `unsupported-stanza-type`,
+   * `invalid-xml`, `policy-violation`…) from one whose network failed.
+   */
+  get failure(): StreamError | undefined {
+    return this.#failure;
+  }
+
   /** Writes serialized XML to the client. */
   write(xml: string): void {
     this.#stream.write(xml);
@@ -152,6 +167,7 @@ export class ClientStream extends EventEmitter {
   /** Ends the stream with a stream error (logged at info: the client misbehaved or is replaced). */
   fail(err: StreamError): void {
     if (this.#stream.closed) return;
+    this.#failure = err;
     // RFC 6120 §4.9.1.1: an error before our stream header still goes inside a stream.
     if (!this.#headerSent) this.#writeHeader(this.#domain);
     this.log.info({ condition: err.condition }, `closing client stream: ${err.message}`);
@@ -188,6 +204,8 @@ export class ClientStream extends EventEmitter {
     // The session owns the link now; a listener left here would keep this stream (socket,
     // parser, logger: ~12 KB) alive for as long as the session hibernates.
     this.#link?.off('close', this.#onLinkClose);
+    // Checked on every element from now on: what the upstream offers is fixed for the stream.
+    this.#nonzas = relayedNonzas(this.#upstreamFeatures);
   }
 
   /** The session let go of this stream (it was replaced): its elements go nowhere any more. */
@@ -241,9 +259,16 @@ export class ClientStream extends EventEmitter {
     // RFC 6120 §4.9.1.1: nothing from a stream we failed or closed is processed.
     if (this.#stream.closed) return;
     switch (this.#state) {
-      case 'established':
-        this.#owner?.(el);
-        return;
+      case 'established': {
+        // Issue 10 A: nothing the server would close the upstream stream for goes upstream.
+        const verdict = checkClientElement(el, this.#nonzas);
+        if (verdict === undefined) return this.#owner?.(el);
+        if (verdict === CLIENT_STREAM_ERROR) {
+          const condition = el.element().getChildElements().find((c) => c.name !== 'text')?.name;
+          return this.log.info({ condition }, 'the client sent a stream error');
+        }
+        return this.fail(verdict);
+      }
       case 'resuming':
         // One outcome at a time: a second <resume/> or a bind waits for the first answer.
         if (this.#pipelined.push(el) > MAX_PIPELINED) this.fail(new StreamError('policy-violation', 'too much sent before the resume was answered'));
