@@ -86,6 +86,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     domains: new Set(config.domains),
     secureContext,
     limits: config.limits,
+    liveness: { readTimeoutMs: config.limits.readTimeoutSeconds * 1000, probeTimeoutMs: config.sm.maxAckDelaySeconds * 1000 },
     log,
     negotiationTimeoutMs: config.limits.c2sTimeoutSeconds * 1000,
     authThrottle: new AuthThrottle({ maxFailures: config.limits.maxAuthFailures, periodMs: config.limits.authFailurePeriodSeconds * 1000, log }),

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
+import { LivenessMonitor } from './liveness.ts';
 import { checkClientElement, relayedNonzas, CLIENT_STREAM_ERROR } from './stanza-check.ts';
 import { XmlStream } from '../xml/xml-stream.ts';
 import { StreamError } from '../xml/stream-error.ts';
@@ -59,6 +60,14 @@ export interface ClientStreamDeps {
    * a session took the stream over, false when the stream stays unbound (it may bind instead).
    */
   resume(client: ClientStream, el: TopLevel): Promise<boolean>;
+  /**
+   * Liveness of an established client (issue 10 B, see liveness.ts), in ms: after
+   * `readTimeoutMs` without any input (`limits.readTimeoutSeconds`) the client is probed (an
+   * XEP-0198 `<r/>` when {@link ClientStream.smEnabled}, else an XEP-0199 ping), and without
+   * input `probeTimeoutMs` later (`sm.maxAckDelaySeconds`) its connection is dropped without a
+   * stream error, as a network loss: its session hibernates or ends.
+   */
+  liveness: { readTimeoutMs: number; probeTimeoutMs: number };
 }
 
 type State = 'pre-tls' | 'sasl' | 'authenticating' | 'authenticated' | 'resuming' | 'binding' | 'established' | 'closed';
@@ -101,6 +110,11 @@ export class ClientStream extends EventEmitter {
   #handover: Handover | undefined;
   /** Nonza namespaces relayed once established (stanza-check.ts), fixed at {@link establish}. */
   #nonzas: ReadonlySet<string> = new Set();
+  /** Watches the established stream for a silent peer (liveness.ts). */
+  #liveness: LivenessMonitor | undefined;
+  /** Random prefix of this stream's liveness ping ids, from the first ping on. */
+  #pingPrefix: string | undefined;
+  #pingSeq = 0;
   /** The stream error the proxy closed this stream with (see {@link failure}). */
   #failure: StreamError | undefined;
   /** The authenticated account (prepared bare JID, RFC 7622), after SASL. */
@@ -206,11 +220,50 @@ export class ClientStream extends EventEmitter {
     this.#link?.off('close', this.#onLinkClose);
     // Checked on every element from now on: what the upstream offers is fixed for the stream.
     this.#nonzas = relayedNonzas(this.#upstreamFeatures);
+    if (!this.#stream.closed) this.#liveness ??= this.#watchLiveness();
   }
 
   /** The session let go of this stream (it was replaced): its elements go nowhere any more. */
   release(): void {
     this.#owner = undefined;
+    this.#liveness?.stop();
+  }
+
+  /** The read timeout of an established stream (issue 10 B; liveness.ts). */
+  #watchLiveness(): LivenessMonitor {
+    const { readTimeoutMs, probeTimeoutMs } = this.#deps.liveness;
+    return new LivenessMonitor({
+      idleMs: readTimeoutMs,
+      probeTimeoutMs,
+      // Node counts the bytes anyway (cleartext ones on a TLS socket): nothing to do per chunk.
+      inputCount: () => this.#stream.socket.bytesRead,
+      probe: () => this.#probe(),
+      vanished: () => {
+        this.log.info(`client silent for ${readTimeoutMs / 1000} s and ${probeTimeoutMs / 1000} s after a probe: dropping its connection as lost`);
+        this.destroy();
+      },
+    });
+  }
+
+  /**
+   * Asks a silent client for a sign of life: `<r/>` with XEP-0198 (any `<a/>` will do), else an
+   * XEP-0199 ping (RFC 6120 §4.6.4 "Checking of Idle Connections"), whose answer
+   * {@link #isPingAnswer} keeps from the session.
+   */
+  #probe(): void {
+    if (this.smEnabled) return this.#stream.write(`<r xmlns='${NS.sm}'/>`);
+    this.#pingPrefix ??= `${newId()}-`;
+    this.#stream.write(`<iq type='get' id='${this.#pingPrefix}${++this.#pingSeq}' from='${this.#domain}'><ping xmlns='${NS.ping}'/></iq>`);
+  }
+
+  /**
+   * An answer (result or error) to one of this stream's liveness pings: consumed, it is the
+   * proxy's own exchange. Only while XEP-0198 is off: once the client counts its stanzas, the
+   * answer must be counted in `h` like any other (the session relays it; servers drop an iq
+   * result they did not ask for, RFC 6120 §8.2.3).
+   */
+  #isPingAnswer(el: TopLevel): boolean {
+    return !this.smEnabled && el.name === 'iq' && (el.attrs.type === 'result' || el.attrs.type === 'error') && el.attrs.id?.startsWith(this.#pingPrefix!) === true;
   }
 
   /**
@@ -260,6 +313,7 @@ export class ClientStream extends EventEmitter {
     if (this.#stream.closed) return;
     switch (this.#state) {
       case 'established': {
+        if (this.#pingPrefix !== undefined && this.#isPingAnswer(el)) return;
         // Issue 10 A: nothing the server would close the upstream stream for goes upstream.
         const verdict = checkClientElement(el, this.#nonzas);
         if (verdict === undefined) return this.#owner?.(el);
@@ -473,6 +527,7 @@ export class ClientStream extends EventEmitter {
     this.#admission.release();
     this.#owner = undefined;
     this.#pipelined = [];
+    this.#liveness?.stop();
     // A client that leaves before binding leaves nothing behind upstream.
     if (!wasEstablished && this.#link) this.#link.close();
     this.#handover?.settle();

@@ -1,15 +1,20 @@
 /**
- * A TCP relay on loopback between the proxy and its upstream, for injecting network faults into
- * the upstream link: cut every connection, or freeze them (half-open: nothing is forwarded and
- * nothing is closed, as when a NAT or a cable silently drops traffic).
+ * A TCP relay on loopback between the proxy and its upstream (or between a client and the
+ * proxy), for injecting network faults: cut every connection, or freeze them (half-open: nothing
+ * is forwarded and nothing is closed, as when a NAT or a cable silently drops traffic), or
+ * {@link TcpRelay.blackhole} them (frozen, and a close on one side is not passed on either: a
+ * phone whose network vanished).
  */
 import * as net from 'node:net';
 
 export class TcpRelay {
   readonly port: number;
   #server: net.Server;
-  #pairs = new Set<{ a: net.Socket; b: net.Socket; frozen: boolean }>();
+  #pairs = new Set<{ a: net.Socket; b: net.Socket; frozen: boolean; holdCloses: boolean }>();
   #frozen = false;
+  #holdCloses = false;
+  /** Connections whose target side closed while their client side was still open. */
+  closedByTarget = 0;
   /** Connections accepted so far (each upstream link is one). */
   accepted = 0;
   /** Connections reset by {@link killOn}. */
@@ -33,7 +38,7 @@ export class TcpRelay {
   #accept(a: net.Socket, targetPort: number): void {
     this.accepted++;
     const b = net.connect({ host: '127.0.0.1', port: targetPort });
-    const pair = { a, b, frozen: this.#frozen };
+    const pair = { a, b, frozen: this.#frozen, holdCloses: this.#holdCloses };
     this.#pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket, watch: boolean) =>
       from.on('data', (chunk: Buffer) => {
@@ -59,10 +64,18 @@ export class TcpRelay {
       b.destroy();
       this.#pairs.delete(pair);
     };
-    for (const s of [a, b]) {
-      s.on('error', close);
-      s.on('close', close);
-    }
+    let targetGone = false;
+    const targetClosed = () => {
+      if (!targetGone && !a.destroyed) this.closedByTarget++;
+      targetGone = true;
+      // Blackholed: the client side learns nothing (it finds out by itself, or the test tells it).
+      if (pair.holdCloses) b.destroy();
+      else close();
+    };
+    a.on('error', close);
+    a.on('close', close);
+    b.on('error', targetClosed);
+    b.on('close', targetClosed);
   }
 
   /**
@@ -92,9 +105,21 @@ export class TcpRelay {
     for (const pair of this.#pairs) pair.frozen = true;
   }
 
+  /**
+   * Frozen both ways, new connections included, and the target closing a connection is not
+   * passed on to its client side (a client whose network vanished learns of nothing).
+   * {@link thaw} makes new connections work again; blackholed ones stay dead.
+   */
+  blackhole(): void {
+    this.freeze();
+    this.#holdCloses = true;
+    for (const pair of this.#pairs) pair.holdCloses = true;
+  }
+
   /** New connections work again; frozen ones stay dead (what they swallowed is lost). */
   thaw(): void {
     this.#frozen = false;
+    this.#holdCloses = false;
   }
 
   async close(): Promise<void> {
