@@ -26,9 +26,10 @@ import { NS } from '../xml/stream-header.ts';
  *   top-level name) → `unsupported-stanza-type` (RFC 6120 §4.9.3.21).
  * - A `<stream:error>` from the client is its own way of ending the stream: logged, not relayed.
  *
- * Decision (iq without `id`, unknown `type`): Prosody 0.12 (core/stanza_router.lua) answers an
- * iq without id or with an unknown type with a `bad-request` stanza error and keeps the stream;
- * it does not check message or presence types at all. The proxy cannot answer a stanza itself
+ * Decision (iq without `id`, unknown `type`): Prosody 0.12 answers an iq without id or with an
+ * unknown type (core/stanza_router.lua) and presence of an unknown type (mod_presence.lua) with
+ * a `bad-request` stanza error and keeps the stream; a message of an unknown type it routes
+ * like a normal one. The proxy cannot answer a stanza itself
  * without breaking XEP-0198 counting: the `h` it acks is what the server confirmed (custody
  * rule, design §4.2), in order, and a stanza answered locally has no place in that order yet; an
  * `h` one short for ever would make an SM client re-send or give up. Relaying it hands the
