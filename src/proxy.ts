@@ -65,7 +65,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     registry,
     sm: config.sm,
     hibernationSeconds: config.sm.hibernationSeconds,
-    held: new HeldMessages(config.sm.maxHeldMessages),
+    output: { maxSendBufferBytes: config.limits.maxSendBufferBytes, sendTimeoutSeconds: config.limits.sendTimeoutSeconds },
+    held: new HeldMessages(config.sm.maxHeldMessages, { ttlMs: config.sm.heldMessagesTtlSeconds * 1000, maxBytes: config.sm.maxHeldBytes }),
     duplicateWindow: config.upstream.duplicateWindow,
     upstream: {
       open: (credential, domain) => UpstreamLink.open(upstreamOptions(domain), credential),
@@ -77,6 +78,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
         requestTimeoutMs: config.upstream.pingTimeoutSeconds * 1000,
       },
       serverAcks: config.upstream.streamManagement,
+      maxCustodyBytes: config.upstream.maxCustodyBytes,
     },
     isLastSession: (session) => (byAccount.get(session.bareJid)?.size ?? 0) <= 1,
     log,

@@ -87,6 +87,7 @@ const MAX_AUTH_ATTEMPTS = 3;
  * Events:
  * - `end` (): the client closed its stream cleanly (`</stream:stream>`).
  * - `close` (): the connection is gone (with or without a clean close before).
+ * - `drain` (): all output was taken by the connection, after {@link bufferedBytes} read non-zero.
  */
 export class ClientStream extends EventEmitter {
   readonly #stream: XmlStream;
@@ -115,6 +116,8 @@ export class ClientStream extends EventEmitter {
   /** Random prefix of this stream's liveness ping ids, from the first ping on. */
   #pingPrefix: string | undefined;
   #pingSeq = 0;
+  /** Reading stopped for backpressure ({@link pauseReading}). */
+  #readingPaused = false;
   /** The stream error the proxy closed this stream with (see {@link failure}). */
   #failure: StreamError | undefined;
   /** The authenticated account (prepared bare JID, RFC 7622), after SASL. */
@@ -151,6 +154,7 @@ export class ClientStream extends EventEmitter {
       this.#stream.end();
     });
     this.#stream.once('close', () => this.#onClose());
+    this.#stream.on('drain', () => this.emit('drain'));
   }
 
   /** The domain the client opened its stream to. */
@@ -208,6 +212,39 @@ export class ClientStream extends EventEmitter {
   }
 
   /**
+   * Output written to the client and not yet taken by its connection (bytes), cheap enough for
+   * every stanza: the socket's own count, without this turn's coalesced output.
+   */
+  get backlog(): number {
+    return this.#stream.socket.writableLength;
+  }
+
+  /** Like {@link backlog} with this turn's output counted too; a `drain` event follows once it is all taken. */
+  get bufferedBytes(): number {
+    return this.#stream.bufferedBytes;
+  }
+
+  /**
+   * Stops reading the client (backpressure: the server cannot take its stanzas yet). Its
+   * silence is then the proxy's doing: the read timeout waits until {@link resumeReading}.
+   */
+  pauseReading(): void {
+    if (this.#readingPaused) return;
+    this.#readingPaused = true;
+    this.#stream.pauseReading();
+    this.#liveness?.stop();
+    this.#liveness = undefined;
+  }
+
+  /** Reads the client again after {@link pauseReading}. */
+  resumeReading(): void {
+    if (!this.#readingPaused) return;
+    this.#readingPaused = false;
+    this.#stream.resumeReading();
+    if (this.#state === 'established' && this.#owner && !this.#stream.closed) this.#liveness ??= this.#watchLiveness();
+  }
+
+  /**
    * A session has taken over: from now on every element goes to `owner` (and to nobody else)
    * until {@link release}. Elements pipelined behind a `<resume/>` follow at once.
    */
@@ -220,7 +257,7 @@ export class ClientStream extends EventEmitter {
     this.#link?.off('close', this.#onLinkClose);
     // Checked on every element from now on: what the upstream offers is fixed for the stream.
     this.#nonzas = relayedNonzas(this.#upstreamFeatures);
-    if (!this.#stream.closed) this.#liveness ??= this.#watchLiveness();
+    if (!this.#stream.closed && !this.#readingPaused) this.#liveness ??= this.#watchLiveness();
   }
 
   /** The session let go of this stream (it was replaced): its elements go nowhere any more. */

@@ -35,6 +35,12 @@ export interface SessionDeps {
   sm: SmOptions;
   /** Hibernation time (seconds), also advertised as `max` in `<enabled/>`. */
   hibernationSeconds: number;
+  /**
+   * Backpressure towards a client that does not take its output: past `maxSendBufferBytes`
+   * (bytes) not yet taken by its connection the upstream is not read; after `sendTimeoutSeconds`
+   * (seconds) without progress the session ends.
+   */
+  output: { maxSendBufferBytes: number; sendTimeoutSeconds: number };
   /** Messages held for accounts whose last session ended with them unacked. */
   held: HeldMessages;
   /** Messages remembered per session to drop a second copy (`upstream.duplicateWindow`). */
@@ -85,6 +91,8 @@ export class Session extends EventEmitter {
   #handedOver: QueuedStanza[] = [];
   /** What the client already got, so that an upstream fault's second copy is dropped. */
   readonly #duplicates: DuplicateWindow;
+  /** Set while the upstream is not read because the client does not take its output. */
+  #stallTimer: NodeJS.Timeout | undefined;
   readonly #deps: SessionDeps;
 
   /** @param handover what a session retired by this bind of its resource left (design §4.3). */
@@ -112,6 +120,13 @@ export class Session extends EventEmitter {
       this.emit('upstream-down', reason);
     });
     this.#upstream.on('up', () => this.emit('upstream-up'));
+    // Issue 10: while the server has not confirmed maxCustodyBytes of this client's stanzas
+    // (it is down, or slow), the client is not read: TCP holds the rest, nothing is lost.
+    this.#upstream.custody.on('full', () => {
+      this.log.info(`over ${deps.upstream.maxCustodyBytes} bytes of stanzas await the server: not reading the client`);
+      this.#client?.pauseReading();
+    });
+    this.#upstream.custody.on('room', () => this.#client?.resumeReading());
     this.#upstream.on('failed', (reason: string, kind: UpstreamFailure, condition?: string) => this.#onUpstreamFailed(reason, kind, condition));
     if (handover) this.#takeOver(handover);
     this.#attach(client);
@@ -120,6 +135,11 @@ export class Session extends EventEmitter {
   /** The upstream's post-authentication stream features (offered again to resuming clients). */
   get upstreamFeatures(): Element {
     return this.#upstream.features;
+  }
+
+  /** Bytes of this client's stanzas the server has not confirmed yet (custody, design §4.4). */
+  get custodyBytes(): number {
+    return this.#upstream.custody.pendingBytes;
   }
 
   /** True while the session's upstream link is up (false while it reconnects). */
@@ -174,6 +194,8 @@ export class Session extends EventEmitter {
       return;
     }
     this.sm.send(el.raw, Date.now());
+    const client = this.#client;
+    if (client && this.#stallTimer === undefined && client.backlog > this.#deps.output.maxSendBufferBytes) this.#holdUpstream(client);
   }
 
   /** An XEP-0199 ping from the server itself (its domain, or no `from`). */
@@ -200,10 +222,44 @@ export class Session extends EventEmitter {
   }
 
   #onOverflow(): void {
-    this.log.warn(`more than ${this.#deps.sm.maxQueueSize} unacked stanzas: session no longer resumable`);
+    const { length, bytes } = this.sm.queue;
+    this.log.warn({ unacked: length, bytes }, `unacked queue over sm.maxQueueSize (${this.#deps.sm.maxQueueSize}) or sm.maxQueueBytes: session no longer resumable`);
     // mod_smacks: the session cannot be resumed any more, so it ends now (design §4.3).
     this.#client?.fail(new StreamError('resource-constraint', 'too many unacknowledged stanzas'));
     this.end('unacked queue overflowed');
+  }
+
+  // ---- backpressure -------------------------------------------------------------------------
+
+  /**
+   * The client does not take its output: stop reading the server (its TCP window fills and it
+   * holds the rest) until the client has taken it all; a client that takes nothing for
+   * `sendTimeoutSeconds` ends (its queue settled), so a non-reader holds bounded memory.
+   */
+  #holdUpstream(client: ClientStream): void {
+    const { maxSendBufferBytes, sendTimeoutSeconds } = this.#deps.output;
+    this.log.debug({ buffered: client.bufferedBytes }, `client output over ${maxSendBufferBytes} bytes: upstream reading paused`);
+    this.#upstream.pauseReading(true);
+    let left = client.bufferedBytes;
+    this.#stallTimer = setInterval(() => {
+      const now = client.bufferedBytes;
+      if (now < left) {
+        left = now;
+        return;
+      }
+      this.log.info(`client took none of its output for ${sendTimeoutSeconds} s: ending the session`);
+      client.fail(new StreamError('connection-timeout', 'output not read'));
+      this.end('client stopped reading');
+    }, sendTimeoutSeconds * 1000);
+    this.#stallTimer.unref();
+    client.once('drain', () => this.#releaseUpstream());
+  }
+
+  #releaseUpstream(): void {
+    if (this.#stallTimer === undefined) return;
+    clearInterval(this.#stallTimer);
+    this.#stallTimer = undefined;
+    if (!this.#ended) this.#upstream.pauseReading(false);
   }
 
   // ---- XEP-0198 negotiation on the live stream ----------------------------------------------
@@ -245,17 +301,26 @@ export class Session extends EventEmitter {
     client.once('close', () => {
       if (this.#client !== client || this.#ended) return;
       this.#detach();
-      if (cleanEnd || !this.#resumeId || this.sm.overflowed) this.end(cleanEnd ? 'client closed its stream' : 'client connection lost');
-      else this.#hibernate();
+      // A client the proxy closed with a stream error (abuse, a flood, a rejected stanza) does
+      // not hibernate, as with Prosody: only a vanished one does. The proxy's own bug does not count.
+      const failure = client.failure?.condition;
+      const closedByUs = failure !== undefined && failure !== 'internal-server-error';
+      if (cleanEnd || closedByUs || !this.#resumeId || this.sm.overflowed) {
+        this.end(cleanEnd ? 'client closed its stream' : closedByUs ? `client stream closed with ${failure}` : 'client connection lost');
+      } else this.#hibernate();
     });
     this.sm.attach((xml) => client.write(xml));
     client.establish((el) => this.#fromClient(el));
+    // The server cannot take more of this client's stanzas yet (custody full): read no more of them.
+    if (this.#upstream.custody.full) client.pauseReading();
   }
 
   /** The client stream lets go: its elements stop reaching the session. */
   #detach(): ClientStream | undefined {
     const client = this.#client;
     this.#client = undefined;
+    // Hibernated, the session reads the server again: the unacked queue's bounds apply.
+    this.#releaseUpstream();
     this.sm.attach(undefined);
     client?.release();
     return client;
@@ -406,8 +471,9 @@ export class Session extends EventEmitter {
     for (const stanza of stanzas) {
       const outcome = settle(stanza, this.bareJid, last);
       counts[outcome.action]++;
-      if (outcome.action === 'hold') this.#deps.held.hold(this.bareJid, stanza);
-      else if (outcome.action === 'bounce') this.#upstream.sendOwn(outcome.reply);
+      if (outcome.action === 'hold') {
+        if (!this.#deps.held.hold(this.bareJid, stanza)) this.log.warn('held messages over a bound (per account, proxy-wide bytes or age): the oldest were dropped');
+      } else if (outcome.action === 'bounce') this.#upstream.sendOwn(outcome.reply);
     }
     if (counts.bounce > 0 && !this.#upstream.linked) {
       this.log.warn({ bounce: counts.bounce }, 'error replies to the senders of unacked stanzas are lost: no upstream link');

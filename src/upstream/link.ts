@@ -111,6 +111,8 @@ export class UpstreamLink extends EventEmitter {
   #reads = 0;
   #keepaliveTimer: NodeJS.Timeout | undefined;
   #sm: ServerSm | undefined;
+  /** Reading stopped for backpressure (the client does not take what it is sent). */
+  #readingPaused = false;
 
   private constructor(stream: XmlStream, options: UpstreamOptions, features: Element, credential: PlainCredential, secure: boolean) {
     super();
@@ -143,7 +145,9 @@ export class UpstreamLink extends EventEmitter {
       // Quiet either way for a period: nothing received proves nothing about a half-open link,
       // and nothing sent looks idle to a server with an idle disconnect (Openfire).
       this.#keepaliveTimer = setInterval(() => {
-        if (this.#writes === written || this.#reads === read) this.#keepalive().catch((err: unknown) => this.emit('fault', err));
+        // Nothing is read while paused: silence then proves nothing about the link.
+        if (this.#readingPaused) read = -1;
+        else if (this.#writes === written || this.#reads === read) this.#keepalive().catch((err: unknown) => this.emit('fault', err));
         written = this.#writes;
         read = this.#reads;
       }, options.keepaliveMs);
@@ -244,7 +248,7 @@ export class UpstreamLink extends EventEmitter {
    * @returns the link's ServerSm, or undefined when the server does not offer SM.
    */
   enableSm(): ServerSm | undefined {
-    if (!this.#sm && this.features.getChild('sm', NS.sm)) this.#sm = new ServerSm((xml) => this.#stream.write(xml));
+    if (!this.#sm && this.features.getChild('sm', NS.sm)) this.#sm = this.#newSm();
     return this.#sm;
   }
 
@@ -256,7 +260,7 @@ export class UpstreamLink extends EventEmitter {
    */
   async resumeSm(previous: ServerSm, timeoutMs: number): Promise<number | undefined> {
     if (this.#sm || !this.features.getChild('sm', NS.sm)) return undefined;
-    const sm = new ServerSm((xml) => this.#stream.write(xml), previous);
+    const sm = this.#newSm(previous);
     this.#sm = sm;
     return new Promise((resolve) => {
       const done = (h: number | undefined): void => {
@@ -286,7 +290,12 @@ export class UpstreamLink extends EventEmitter {
     if (this.closed) return Promise.resolve(undefined);
     const id = `proxy-${++this.#iqSeq}`;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => settle(undefined), timeoutMs);
+      // An answer that sits unread while reading is paused is not late.
+      const expire = (): void => {
+        if (this.#readingPaused && !this.closed) timer = setTimeout(expire, timeoutMs);
+        else settle(undefined);
+      };
+      let timer = setTimeout(expire, timeoutMs);
       const settle = (answer: TopLevel | undefined): void => {
         clearTimeout(timer);
         this.#ownIqs.delete(id);
@@ -323,6 +332,28 @@ export class UpstreamLink extends EventEmitter {
     if (el.attrs.type === 'result' && jid) return jid;
     const condition = el.getChild('error')?.getChildElements()[0]?.name ?? 'undefined-condition';
     throw new UpstreamError(`resource binding refused: ${condition}`);
+  }
+
+  #newSm(previous?: ServerSm): ServerSm {
+    const sm = new ServerSm((xml) => this.#stream.write(xml), previous);
+    sm.readingPaused = () => this.#readingPaused;
+    return sm;
+  }
+
+  /**
+   * Stops reading from the server (backpressure: the client does not take what it is sent, so
+   * the server's TCP window fills and it holds the rest). Keepalive pings and answer timeouts
+   * wait meanwhile: silence is then the proxy's doing, not a dead link's.
+   */
+  pauseReading(): void {
+    this.#readingPaused = true;
+    this.#stream.pauseReading();
+  }
+
+  /** Reads from the server again after {@link pauseReading}. */
+  resumeReading(): void {
+    this.#readingPaused = false;
+    this.#stream.resumeReading();
   }
 
   async #keepalive(): Promise<void> {

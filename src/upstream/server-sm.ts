@@ -55,6 +55,9 @@ export class ServerSm extends EventEmitter {
    * session of an earlier link is resumed instead (`<resume previd h/>`, §5): the server then
    * re-sends what it wrote to the dead link, and nothing of the session's server state is lost.
    */
+  /** True while the link does not read (backpressure): no answer can be late then. */
+  readingPaused: () => boolean = () => false;
+
   constructor(write: (xml: string) => void, previous?: ServerSm) {
     super();
     this.#write = write;
@@ -158,8 +161,13 @@ export class ServerSm extends EventEmitter {
   confirmAll(timeoutMs: number): Promise<'confirmed' | 'broken' | 'timeout'> {
     if (this.#state !== 'enabled' || this.#waiting) return Promise.resolve('broken');
     return new Promise((resolve) => {
-      const timer = setTimeout(() => this.#settle('timeout'), timeoutMs);
-      timer.unref();
+      // An answer that sits unread while the link's reading is paused is not late.
+      const expire = (): void => {
+        if (!this.#waiting) return;
+        if (this.readingPaused()) this.#waiting.timer = setTimeout(expire, timeoutMs).unref();
+        else this.#settle('timeout');
+      };
+      const timer = setTimeout(expire, timeoutMs).unref();
       this.#waiting = { expected: this.#outbound, resolve, timer };
       this.#write(`<r xmlns='${NS.sm}'/>`);
     });

@@ -30,6 +30,8 @@ export interface UpstreamDeps {
   reconnect: ReconnectOptions;
   /** Use the server's own XEP-0198 acks for custody when it offers them (design §4.4). */
   serverAcks: boolean;
+  /** Client stanzas held in custody (bytes) past which the client is not read (`upstream.maxCustodyBytes`). */
+  maxCustodyBytes: number;
   log: Logger;
 }
 
@@ -110,6 +112,8 @@ export class Upstream extends EventEmitter {
   #nextDelayMs: number;
   /** Server-side closes in a row with the same held stanza alone in flight. */
   #strikes = 0;
+  /** The client does not take its output: links are not read (backpressure). */
+  #readingPaused = false;
   /** Ids the proxy gives the client's messages that have none: unguessable prefix, counter. */
   readonly #idPrefix = `${randomBytes(6).toString('base64url')}-`;
   #idSeq = 0;
@@ -130,7 +134,7 @@ export class Upstream extends EventEmitter {
     this.#own(this.#checkArchive(link), 'asking for archive support');
     this.features = link.features;
     this.#credential = link.credential;
-    this.custody = new Custody(deps.reconnect.requestTimeoutMs);
+    this.custody = new Custody(deps.reconnect.requestTimeoutMs, { maxBytes: deps.maxCustodyBytes });
     this.custody.on('confirmed', (_n: number, counted: number) => {
       this.#strikes = 0;
       this.emit('confirmed', counted);
@@ -188,6 +192,17 @@ export class Upstream extends EventEmitter {
     this.#link?.send(xml);
   }
 
+  /**
+   * Stops (true) or restarts (false) reading from the server, this link and the next ones:
+   * backpressure from a client that does not take what it is sent.
+   */
+  pauseReading(paused: boolean): void {
+    if (paused === this.#readingPaused) return;
+    this.#readingPaused = paused;
+    if (paused) this.#link?.pauseReading();
+    else this.#link?.resumeReading();
+  }
+
   /** Ends it: stops reconnecting and closes the link cleanly after `last` (if linked). */
   close(last?: string): void {
     this.#closed = true;
@@ -195,6 +210,9 @@ export class Upstream extends EventEmitter {
     const link = this.#link;
     this.#link = undefined;
     this.custody.detach();
+    // What the server already wrote is read to the end (the session settles it), not dropped.
+    this.#readingPaused = false;
+    link?.resumeReading();
     link?.close(last);
   }
 
@@ -247,6 +265,7 @@ export class Upstream extends EventEmitter {
   #use(link: UpstreamLink): void {
     this.#link = link;
     this.#upSince = Date.now();
+    if (this.#readingPaused) link.pauseReading();
     link.once('close', (reason: string, condition: string | undefined, how: LinkEnd) => {
       if (this.#link !== link) return;
       this.#link = undefined;
