@@ -291,11 +291,19 @@ const waitDead = (pid: number): Promise<boolean> => eventually(() => processGone
 
 t.test('no Prosody survives its Node process', async (t) => {
   const exited = await runChild('exit');
-  t.teardown(() => rmSync(exited.dir, { recursive: true, force: true }));
+  t.teardown(() => {
+    exited.child.stdout?.destroy();
+    exited.child.stderr?.destroy();
+    rmSync(exited.dir, { recursive: true, force: true });
+  });
   t.ok(await waitDead(exited.pid), 'process.exit() without stop(): exit handler killed Prosody');
 
   const hung = await runChild('hang');
-  t.teardown(() => rmSync(hung.dir, { recursive: true, force: true }));
+  t.teardown(() => {
+    hung.child.stdout?.destroy();
+    hung.child.stderr?.destroy();
+    rmSync(hung.dir, { recursive: true, force: true });
+  });
   t.notOk(processGone(hung.pid), 'Prosody runs while its parent does');
   hung.child.kill('SIGKILL');
   t.ok(await waitDead(hung.pid), 'parent SIGKILLed (no exit handler): pdeathsig killed Prosody');

@@ -6,26 +6,7 @@
  */
 import t from 'tap';
 import { Custody } from '../../src/upstream/custody.ts';
-import type { UpstreamLink } from '../../src/upstream/link.ts';
-
-const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
-
-/** A link without SM whose pings the test answers. */
-function fakeLink() {
-  const sent: string[] = [];
-  const pings: Array<(ok: boolean) => void> = [];
-  const link = {
-    sm: undefined,
-    send: (raw: string) => void sent.push(raw),
-    ping: () => new Promise<boolean>((resolve) => pings.push(resolve)),
-  } as unknown as UpstreamLink;
-  const answer = async (): Promise<void> => {
-    await tick();
-    pings.shift()!(true);
-    await tick();
-  };
-  return { link, sent, pings, answer };
-}
+import { fakeLink } from './fake-link.ts';
 
 const msg = (id: string): string => `<message id='${id}'><body>${id}</body></message>`;
 

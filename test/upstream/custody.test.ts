@@ -5,26 +5,7 @@
  */
 import t from 'tap';
 import { Custody } from '../../src/upstream/custody.ts';
-import type { UpstreamLink } from '../../src/upstream/link.ts';
-
-const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
-
-/** A link without SM whose pings wait for `answer()` (true: the server answered). */
-function fakeLink() {
-  const sent: string[] = [];
-  const pings: Array<(ok: boolean) => void> = [];
-  const link = {
-    sm: undefined,
-    send: (raw: string) => void sent.push(raw),
-    ping: () => new Promise<boolean>((resolve) => pings.push(resolve)),
-  } as unknown as UpstreamLink;
-  const answer = async (ok = true): Promise<void> => {
-    await tick(); // the barrier is scheduled after the burst
-    pings.shift()!(ok);
-    await tick();
-  };
-  return { link, sent, pings, answer };
-}
+import { fakeLink, tick } from './fake-link.ts';
 
 /** A stanza of exactly `n` characters. */
 const stanza = (n: number, id = 'x'): string => {
