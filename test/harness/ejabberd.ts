@@ -64,6 +64,8 @@ export interface EjabberdOptions {
   c2sPort?: number;
   /** ejabberd log level written to {@link EjabberdInstance.logFile}. Default 'info'. */
   logLevel?: 'info' | 'debug';
+  /** The c2s listener's max_stanza_size (bytes). Default 10 MiB. */
+  maxStanzaSize?: number;
 }
 
 /** A running (or stopped) ejabberd started by {@link startEjabberd}. */
@@ -214,6 +216,7 @@ function buildConfig(o: {
   modules: string[];
   logLevel: 'info' | 'debug';
   certFile: string;
+  maxStanzaSize: number;
 }): string {
   const modules: string[] = [
     // Only what c2s chatting needs. Presence has no module (ejabberd_c2s + mod_roster do it);
@@ -260,7 +263,7 @@ function buildConfig(o: {
     `    ip: ${yq('127.0.0.1')}`,
     '    module: ejabberd_c2s',
     '    shaper: c2s_shaper',
-    '    max_stanza_size: 10485760',
+    `    max_stanza_size: ${o.maxStanzaSize}`,
     // The default backlog (5) drops connects when a test opens many clients at once.
     '    backlog: 1024',
     '    starttls: true',
@@ -545,6 +548,7 @@ export async function startEjabberd(opts: EjabberdOptions = {}): Promise<Ejabber
         modules: opts.modules ?? [],
         logLevel: opts.logLevel ?? 'info',
         certFile: pemFile,
+        maxStanzaSize: opts.maxStanzaSize ?? 10 * 1024 * 1024,
       }),
     );
     // Resolver config (ERL_INETRC): 'localhost' (the node names' host) from here and /etc/hosts;
