@@ -7,7 +7,7 @@
 process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
 process.removeAllListeners('warning');
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -117,6 +117,8 @@ async function online(e: EjabberdInstance, username: string, password: string, r
     if (body !== null) bodies.push(body);
   });
   xmpp.on('error', () => {}); // failures surface through start() rejecting
+  // A dropped connection must surface (and leave nothing running), not be reconnected quietly.
+  (xmpp as unknown as { reconnect: { stop(): void } }).reconnect.stop();
   try {
     await xmpp.start();
     await xmpp.send(xml('presence'));
@@ -156,7 +158,22 @@ async function chatRound(e: EjabberdInstance, accounts: Array<[string, string]>,
     }
     return clients;
   } finally {
-    for (const c of clients) await c.xmpp.stop().catch(() => {});
+    // Bounded: a client whose connection dropped must not hold the test up.
+    for (const c of clients) await Promise.race([c.xmpp.stop().catch(() => {}), sleep(3000)]);
+  }
+}
+
+/**
+ * {@link chatRound} right after a fault: on a loaded machine a server that just came back has
+ * dropped a fresh client connection now and then; one more round tells that apart from a server
+ * that did not come back (accounts lost, not serving).
+ */
+async function chatRoundAfterFault(t: Test, e: EjabberdInstance, accounts: Array<[string, string]>, tag: string): Promise<void> {
+  try {
+    await chatRound(e, accounts, tag);
+  } catch (err) {
+    t.comment(`first round after the fault failed (${(err as Error).message}); one more`);
+    await chatRound(e, accounts, `${tag} (again)`);
   }
 }
 
@@ -236,7 +253,7 @@ t.test('ejabberd upstream: TLS, SASL, fresh SCRAM salts, chat, durable accounts,
   t.comment(`restart() after SIGKILL took ${Date.now() - t1} ms`);
   t.not(e.pid, killedPid, 'new beam');
   t.equal(e.c2sPort, c2sPort, 'same c2s port');
-  await chatRound(e, [['alice', 'alice-pw'], ['bob', 'bob-pw'], ['carol', 'carol-pw']], 'after SIGKILL');
+  await chatRoundAfterFault(t, e, [['alice', 'alice-pw'], ['bob', 'bob-pw'], ['carol', 'carol-pw']], 'after SIGKILL');
   t.pass('after SIGKILL + restart(): alice, bob and carol logged in (SCRAM-SHA-1) and exchanged messages');
   t.same((await e.ctl(['registered_users', e.domain])).trim().split('\n').sort(), ['alice', 'bob', 'carol'], 'ctl registered_users');
 
@@ -245,7 +262,7 @@ t.test('ejabberd upstream: TLS, SASL, fresh SCRAM salts, chat, durable accounts,
   await t.rejects(rawFeatures(e.c2sPort, e.domain, 1000), /timed out/, 'SIGSTOPped server does not answer');
   e.kill('SIGCONT');
   t.ok(await rawFeatures(e.c2sPort, e.domain), 'answers again after SIGCONT');
-  await chatRound(e, [['alice', 'alice-pw'], ['bob', 'bob-pw']], 'after SIGCONT');
+  await chatRoundAfterFault(t, e, [['alice', 'alice-pw'], ['bob', 'bob-pw']], 'after SIGCONT');
   t.pass('after SIGCONT: alice and bob logged in (SCRAM-SHA-1) and exchanged messages');
 
   // stop() of a SIGSTOPped server is still graceful (SIGCONT follows SIGTERM) and leaves nothing.
@@ -314,7 +331,10 @@ t.test('no ejabberd survives its Node process', async (t) => {
   const [exited, hung] = await Promise.all([runChild('exit'), runChild('hang')]);
   t.teardown(() => {
     hung.child.kill('SIGKILL');
-    for (const c of [exited.child, hung.child]) c.stdout?.destroy();
+    for (const c of [exited.child, hung.child]) {
+      c.stdout?.destroy();
+      c.stderr?.destroy();
+    }
     rmSync(exited.dir, { recursive: true, force: true });
     rmSync(hung.dir, { recursive: true, force: true });
   });
