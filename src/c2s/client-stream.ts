@@ -14,7 +14,8 @@ import type { StreamLimits } from '../xml/stream-parser.ts';
 import { SaslFailure, type UpstreamLink } from '../upstream/link.ts';
 import type { PlainCredential } from '../upstream/sasl.ts';
 import type { Handover } from '../session/handover.ts';
-import { bareJidOf, prepLocalpart, prepDomain } from '../jid.ts';
+import { prepDomain } from '../jid.ts';
+import { parsePlain } from './sasl-plain.ts';
 import type { Admission } from './connection-gate.ts';
 import type { AuthThrottle } from './auth-throttle.ts';
 
@@ -577,35 +578,6 @@ export class ClientStream extends EventEmitter {
 export function postAuthFeatures(upstream: Element): string {
   const kept = upstream.getChildElements().filter((c) => !String(c.attrs.xmlns ?? '').startsWith('urn:xmpp:sm:'));
   return `<stream:features>${kept.map((c) => c.toString()).join('')}<sm xmlns='${NS.sm}'/></stream:features>`;
-}
-
-/** Why a PLAIN message is refused: the SASL failure condition (RFC 6120 §6.5). */
-export interface PlainRefusal {
-  /** `malformed-request` (§6.5.8): not a PLAIN message for this domain; `invalid-authzid` (§6.5.6): it asks to act as another account. */
-  condition: 'malformed-request' | 'invalid-authzid';
-}
-
-/**
- * RFC 4616 PLAIN message: [authzid] NUL authcid NUL passwd (base64). The credential, or why it is
- * refused: an authzid is allowed only when it names the authenticating account itself (bare or
- * full JID), since the proxy logs in upstream as the authcid alone.
- */
-export function parsePlain(b64: string, domain: string): PlainCredential | PlainRefusal {
-  const malformed: PlainRefusal = { condition: 'malformed-request' };
-  const text = b64.trim();
-  if (text === '' || text === '=') return malformed;
-  const parts = Buffer.from(text, 'base64').toString('utf8').split('\0');
-  if (parts.length !== 3) return malformed;
-  const [authzid, authcid, password] = parts as [string, string, string];
-  const host = prepDomain(domain);
-  // Some clients send the bare JID as authcid; the account is its localpart on this domain.
-  const at = authcid.lastIndexOf('@');
-  if (at !== -1 && prepDomain(authcid.slice(at + 1)) !== host) return malformed;
-  // RFC 7622: `Alice` is the account `alice`; every comparison of accounts uses this form.
-  const username = prepLocalpart(at === -1 ? authcid : authcid.slice(0, at));
-  if (username === '' || password === '' || username.includes('@')) return malformed;
-  if (authzid !== '' && bareJidOf(authzid) !== `${username}@${host}`) return { condition: 'invalid-authzid' };
-  return { username, password };
 }
 
 function newId(): string {

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { parsePlain } from '../../src/c2s/client-stream.ts';
+import { parsePlain } from '../../src/c2s/sasl-plain.ts';
 
 const b64 = (s: string): string => Buffer.from(s).toString('base64');
 
