@@ -22,7 +22,8 @@ import {
   PKCS12_PASSWORD_ENV,
   readConfigFile,
 } from './config/load.ts';
-import { createLogger } from './log.ts';
+import { createLogger, type Logger } from './log.ts';
+import type { Proxy } from './proxy.ts';
 import { exitOnSignals, installCrashGuard } from './process-guard.ts';
 
 /** Which flag sets which config key (used to name the flag in error messages). */
@@ -228,8 +229,9 @@ export function formatConfig(config: Config): string {
  * Sets `process.exitCode` (2 on a configuration or usage error, after printing
  * `xmpp-sm-proxy: <message>` to stderr) instead of exiting, except after a signal: then it closes
  * the proxy and exits 0 (1 if closing failed or took longer than SHUTDOWN_DEADLINE_MS, 10 s;
- * a second signal exits 1 at once). Once the proxy runs, an uncaught exception or unhandled
- * rejection is logged and does not end the process (see installCrashGuard).
+ * a second signal exits 1 at once). SIGHUP reloads the TLS certificate (see reloadOnHangup).
+ * Once the proxy runs, an uncaught exception or unhandled rejection is logged and does not end
+ * the process (see installCrashGuard).
  */
 export async function main(argv: string[]): Promise<void> {
   let cl: CommandLine;
@@ -253,7 +255,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   const log = createLogger(cl.config.log.level);
   installCrashGuard(log);
-  let proxy: { close(): Promise<void> };
+  let proxy: Pick<Proxy, 'close' | 'reloadTls'>;
   try {
     const { startProxy } = await import('./proxy.ts');
     proxy = await startProxy(cl.config, log);
@@ -262,6 +264,7 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = 1;
     return;
   }
+  reloadOnHangup(argv, proxy, log);
   // Exits within SHUTDOWN_DEADLINE_MS whatever state the sessions and stdout are in.
   exitOnSignals({
     log,
@@ -270,6 +273,29 @@ export async function main(argv: string[]): Promise<void> {
       log.info('stopped');
       return 0;
     },
+  });
+}
+
+/**
+ * SIGHUP: the certificate is renewed without a restart. The command line and the config file are
+ * read again for their `tls` section (other changes need a restart); a config that no longer
+ * parses keeps the running certificate settings. Every failure is logged, none ends the process.
+ */
+function reloadOnHangup(argv: string[], proxy: Pick<Proxy, 'reloadTls'>, log: Logger): void {
+  let reloading = Promise.resolve();
+  const reload = async (): Promise<void> => {
+    let tls: Config['tls'] | undefined;
+    try {
+      tls = parseCommandLine(argv.slice(2)).config.tls;
+    } catch (err) {
+      log.error({ err }, `SIGHUP: cannot read the configuration again, reloading the certificate files already configured: ${(err as Error).message}`);
+    }
+    await proxy.reloadTls(tls);
+  };
+  process.on('SIGHUP', () => {
+    log.info({ signal: 'SIGHUP' }, 'reloading the TLS certificate');
+    // One reload at a time, in order; the chain owns each reload's failure.
+    reloading = reloading.then(reload).catch((err: unknown) => log.error({ err }, 'TLS reload failed'));
   });
 }
 

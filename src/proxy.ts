@@ -4,7 +4,7 @@ import * as tls from 'node:tls';
 import type { TopLevel } from './xml/top-level.ts';
 import type { Logger } from 'pino';
 import type { Config } from './config/config.ts';
-import { loadTlsCredentials } from './tls/certificates.ts';
+import { CertificateError, loadTlsCredentials, type CertificateOptions } from './tls/certificates.ts';
 import { listenC2s } from './c2s/listener.ts';
 import { ConnectionGate } from './c2s/connection-gate.ts';
 import { AuthThrottle } from './c2s/auth-throttle.ts';
@@ -23,6 +23,14 @@ export interface Proxy {
   addresses: { starttls: AddressInfo[]; directTls: AddressInfo[] };
   /** Live sessions, attached or hibernating. */
   sessions: ReadonlySet<Session>;
+  /**
+   * Re-reads the certificate (the PEM pair or PKCS#12 file of `tlsOptions`, default the config's
+   * `tls` section) and uses it for every later TLS handshake, STARTTLS and direct TLS; open
+   * connections keep theirs. Resolves false (the old certificate stays, an error is logged naming
+   * the file) when the new one is unreadable or its key does not match; true otherwise, including
+   * for a generated self-signed certificate, which has no file to re-read. Never rejects.
+   */
+  reloadTls(tlsOptions?: CertificateOptions): Promise<boolean>;
   /** Stops listening, ends every session (clients get `system-shutdown`) and closes upstream links. */
   close(): Promise<void>;
 }
@@ -36,7 +44,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   const certificate = await loadTlsCredentials(config.tls, config.domains);
   log.info({ source: certificate.source, names: certificate.names, notAfter: certificate.notAfter }, 'TLS certificate loaded');
   if (certificate.notAfter.getTime() < Date.now()) log.warn('the TLS certificate has expired');
-  const secureContext = tls.createSecureContext({ key: certificate.key, cert: certificate.cert });
+  let secureContext = tls.createSecureContext({ key: certificate.key, cert: certificate.cert });
 
   const registry = new SessionRegistry<Session>(config.sm.maxOldSessions);
   const sessions = new Set<Session>();
@@ -86,7 +94,10 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
 
   const clientDeps: ClientStreamDeps = {
     domains: new Set(config.domains),
-    secureContext,
+    // A getter: a client stream takes the current context at its STARTTLS, so a reload reaches it.
+    get secureContext() {
+      return secureContext;
+    },
     limits: config.limits,
     liveness: { readTimeoutMs: config.limits.readTimeoutSeconds * 1000, probeTimeoutMs: config.sm.maxAckDelaySeconds * 1000 },
     log,
@@ -156,9 +167,33 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   };
   log.info({ starttls: addresses.starttls.map((a) => a.port), directTls: addresses.directTls.map((a) => a.port), upstream: `${config.upstream.host}:${config.upstream.port}` }, 'proxy listening');
 
+  const directServers = servers.slice(config.listen.starttls.length) as tls.Server[];
+  let tlsSection: CertificateOptions = config.tls;
+
   return {
     addresses,
     sessions,
+    async reloadTls(tlsOptions = tlsSection) {
+      try {
+        if (tlsOptions.certFile === undefined && tlsOptions.keyFile === undefined && tlsOptions.pkcs12File === undefined) {
+          log.info('TLS reload: no certificate file configured, nothing to reload (the certificate in use stays)');
+          return true;
+        }
+        const fresh = await loadTlsCredentials(tlsOptions, config.domains);
+        const options = { key: fresh.key, cert: fresh.cert };
+        const context = tls.createSecureContext(options);
+        for (const server of directServers) server.setSecureContext(options);
+        secureContext = context;
+        tlsSection = tlsOptions;
+        log.info({ source: fresh.source, names: fresh.names, notAfter: fresh.notAfter }, 'TLS certificate reloaded');
+        if (fresh.notAfter.getTime() < Date.now()) log.warn('the reloaded TLS certificate has expired');
+        return true;
+      } catch (err) {
+        const file = err instanceof CertificateError ? err.file : undefined;
+        log.error({ err, file }, `TLS reload failed, the previous certificate stays in use: ${(err as Error).message}`);
+        return false;
+      }
+    },
     async close() {
       // server.close() waits for open connections: stop accepting, end the streams, then wait.
       const closed = Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
