@@ -12,13 +12,16 @@
  * Usage: npx tsx scripts/demo.ts [--domain demo.test] [--port 5222] [--tls-port 5223]
  * (`bash scripts/demo.sh` installs what is missing first, then runs this.)
  */
-import { randomInt } from 'node:crypto';
+import { randomInt, X509Certificate } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { buildConfig, ConfigError } from '../src/config/load.ts';
 import { createLogger, LineSink, stdoutSink } from '../src/log.ts';
 import { exitOnSignals, installCrashGuard } from '../src/process-guard.ts';
 import { startProxy, type Proxy } from '../src/proxy.ts';
+import { generateSelfSigned } from '../src/tls/certificates.ts';
 import { startProsody, type ProsodyInstance } from '../test/harness/prosody.ts';
 
 const USAGE = `Usage: bash scripts/demo.sh [options]   (or: npx tsx scripts/demo.ts [options])
@@ -171,9 +174,25 @@ try {
   die(`could not start Prosody: ${(err as Error).message}`);
 }
 
+// The proxy's self-signed certificate, generated here and written to Prosody's temp dir (removed
+// when the demo stops), so that the banner can name its file (a CA file for clients that want
+// one) and its fingerprint (what clients show when asking to accept it).
+const certFile = join(prosody.dir, 'proxy-cert.pem');
+let fingerprint: string;
+try {
+  const { cert, key } = generateSelfSigned([domain]);
+  writeFileSync(certFile, cert, { mode: 0o644 });
+  writeFileSync(join(prosody.dir, 'proxy-key.pem'), key, { mode: 0o600 });
+  fingerprint = new X509Certificate(cert).fingerprint256;
+} catch (err) {
+  await prosody.stop();
+  die(`could not write the proxy's certificate: ${(err as Error).message}`);
+}
+
 try {
   const config = buildConfig({
     domains: [domain],
+    tls: { certFile, keyFile: join(prosody.dir, 'proxy-key.pem') },
     upstream: { host: prosody.host, port: prosody.c2sPort, tls: 'required', caFile: prosody.caFile },
     listen: { starttls: [`127.0.0.1:${port}`], directTls: [`127.0.0.1:${tlsPort}`] },
     log: { level: 'info' },
@@ -211,12 +230,14 @@ xmpp-sm-proxy demo is running (Ctrl-C stops the proxy and Prosody)
   proxy, direct TLS  127.0.0.1:${tlsPort}   (XEP-0368)
   upstream           Prosody 0.12 on 127.0.0.1:${prosody.c2sPort} (STARTTLS required, no XEP-0198)
   Prosody's files    ${prosody.dir}   (removed when the demo stops)
+  certificate        ${certFile}   (self-signed; the CA file if a client asks for one)
+  SHA-256            ${fingerprint}
   accounts           alice@${domain}   password ${alice.password}
                      bob@${domain}     password ${bob.password}
 
 Any XMPP client: JID alice@${domain} (or bob), connect to host 127.0.0.1 port ${port}
 (STARTTLS) or ${tlsPort} (direct TLS) -- ${domain} does not resolve, so set the host and
-port by hand -- and accept the self-signed certificate.
+port by hand -- and accept the self-signed certificate (check its SHA-256 fingerprint above).
 
 Or, from ${process.cwd()} in two more terminals (bob listens, alice sends him a message):
   ${bobListens}

@@ -80,6 +80,10 @@ export class Session extends EventEmitter {
   log: Logger;
   #client: ClientStream | undefined;
   readonly #upstream: Upstream;
+  /** The upstream's deps; its `log` follows the session's (see {@link #follow}). */
+  readonly #upstreamDeps: UpstreamDeps;
+  /** The bound resource, a binding of every log line of the session. */
+  readonly #resource: string;
   #resumeId: string | undefined;
   #hibernationTimer: NodeJS.Timeout | undefined;
   #ended = false;
@@ -102,6 +106,7 @@ export class Session extends EventEmitter {
     const { bare, resource = '' } = splitJid(fullJid);
     this.bareJid = bare;
     this.fullJid = prepJid(fullJid);
+    this.#resource = resource;
     this.log = client.log.child({ resource });
     this.sm = new StreamManagement(deps.sm);
     this.#duplicates = new DuplicateWindow(deps.duplicateWindow);
@@ -112,7 +117,8 @@ export class Session extends EventEmitter {
       this.emit('ack-delayed', { unacked: this.sm.queue.length });
     });
     this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
-    this.#upstream = new Upstream({ ...deps.upstream, log: this.log }, upstream, this.fullJid);
+    this.#upstreamDeps = { ...deps.upstream, log: this.log };
+    this.#upstream = new Upstream(this.#upstreamDeps, upstream, this.fullJid);
     this.#upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
     this.#upstream.on('confirmed', (counted: number) => this.sm.confirm(counted));
     this.#upstream.on('down', (reason: string) => {
@@ -284,7 +290,7 @@ export class Session extends EventEmitter {
       } else {
         client.write(`<enabled xmlns='${NS.sm}'/>`);
       }
-      this.log.debug({ resume }, 'stream management enabled');
+      this.log.info({ resume }, 'stream management enabled');
       return;
     }
     if (el.name === 'resume') return client.write(failed('unexpected-request'));
@@ -313,6 +319,15 @@ export class Session extends EventEmitter {
     client.establish((el) => this.#fromClient(el));
     // The server cannot take more of this client's stanzas yet (custody full): read no more of them.
     if (this.#upstream.custody.full) client.pauseReading();
+  }
+
+  /**
+   * The session's log lines (and its upstream's) name `client`'s connection from now on: its
+   * `remote`, not that of the connection the session started on.
+   */
+  #follow(client: ClientStream): void {
+    this.log = client.log.child({ resource: this.#resource });
+    this.#upstreamDeps.log = this.log;
   }
 
   /** The client stream lets go: its elements stop reaching the session. */
@@ -395,6 +410,7 @@ export class Session extends EventEmitter {
     clearTimeout(this.#hibernationTimer);
     this.#hibernationTimer = undefined;
     client.write(`<resumed xmlns='${NS.sm}' previd='${this.#resumeId}' h='${this.sm.inbound}'/>`);
+    this.#follow(client);
     this.#attach(client);
     const stanzas = this.sm.unacked();
     for (const s of stanzas) client.write(withDelay(s.xml, s.receivedAt, this.#domain));

@@ -7,6 +7,8 @@ process.removeAllListeners('warning');
 
 import t from 'tap';
 import { existsSync, readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import tls from 'node:tls';
 import { client as xmppClient } from '@xmpp/client';
 import { freePort } from '../harness/prosody.ts';
 import { eventually, processGone, runTs, type Child } from './child.ts';
@@ -18,6 +20,7 @@ const MUST_START_MS = 40_000;
 interface Demo {
   child: Child;
   port: number;
+  tlsPort: number;
   dir: string;
   prosodyPid: number;
   bobPassword: string;
@@ -35,7 +38,7 @@ async function startDemo(t: { teardown(fn: () => unknown): void }): Promise<Demo
   const dir = (await child.waitForStdout(/Prosody's files\s+(\S+)/, 1000))[1]!;
   const bobPassword = (await child.waitForStdout(/bob@demo\.test\s+password (\S+)/, 1000))[1]!;
   const prosodyPid = Number(readFileSync(`${dir}/prosody.pid`, 'utf8').trim());
-  return { child, port, dir, prosodyPid, bobPassword };
+  return { child, port, tlsPort, dir, prosodyPid, bobPassword };
 }
 
 /** bob, logged in through the demo proxy (a client connected while the demo stops). */
@@ -64,6 +67,30 @@ t.test('SIGINT with a client connected and the stdout reader gone: exit 0, Proso
   t.notOk(existsSync(demo.dir), 'the temp dir is removed');
   t.ok(await eventually(() => processGone(demo.prosodyPid), 10_000), 'Prosody is stopped');
   t.notMatch(demo.child.stderr(), /Error|EPIPE/, 'no error on stderr');
+});
+
+/** The SHA-256 fingerprint of the certificate the demo proxy serves on direct TLS. */
+async function servedFingerprint(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: '127.0.0.1', port, servername: 'demo.test', rejectUnauthorized: false, ALPNProtocols: ['xmpp-client'] }, () => {
+      const fp = socket.getPeerCertificate().fingerprint256;
+      socket.destroy();
+      resolve(fp);
+    });
+    socket.once('error', reject);
+  });
+}
+
+t.test("the banner names the certificate's PEM file and the SHA-256 fingerprint the proxy serves", async (t) => {
+  const demo = await startDemo(t);
+  const fingerprint = (await demo.child.waitForStdout(/SHA-256\s+([0-9A-F]{2}(?::[0-9A-F]{2}){31})\s/, 1000))[1]!;
+  const certFile = (await demo.child.waitForStdout(/certificate\s+(\S+\.pem)/, 1000))[1]!;
+  t.equal(fingerprint, await servedFingerprint(demo.tlsPort), 'the fingerprint of the certificate served');
+  t.equal(new X509Certificate(readFileSync(certFile)).fingerprint256, fingerprint, 'the PEM file holds that certificate');
+  t.ok(certFile.startsWith(`${demo.dir}/`), "the PEM file is in the demo's temp dir");
+  demo.child.proc.kill('SIGINT');
+  t.same(await demo.child.exited(MUST_EXIT_MS), { code: 0, signal: null }, 'exited with code 0');
+  t.notOk(existsSync(certFile), 'the PEM file is removed with the temp dir');
 });
 
 t.test('a second signal: exit 1 at once, Prosody killed, temp dir removed', async (t) => {

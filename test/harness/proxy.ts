@@ -2,7 +2,7 @@
  * Starts the proxy in-process in front of a harness Prosody, on loopback ports picked by the
  * kernel, and builds @xmpp/client instances pointed at it.
  */
-import pino from 'pino';
+import pino, { type Logger } from 'pino';
 import { client as xmppClient } from '@xmpp/client';
 import { startProxy, type Proxy } from '../../src/proxy.ts';
 import { DEFAULTS, type Config } from '../../src/config/config.ts';
@@ -47,10 +47,11 @@ export function testConfig(prosody: UpstreamServer, overrides: DeepPartial<Confi
   };
 }
 
-export async function startTestProxy(prosody: UpstreamServer, overrides: DeepPartial<Config> = {}): Promise<TestProxy> {
+/** @param log the proxy's logger (default: stderr at PROXY_LOG_LEVEL, silent when unset) */
+export async function startTestProxy(prosody: UpstreamServer, overrides: DeepPartial<Config> = {}, log?: Logger): Promise<TestProxy> {
   const config = testConfig(prosody, overrides);
   const level = process.env.PROXY_LOG_LEVEL ?? 'silent';
-  const proxy = await startProxy(config, pino({ level }, pino.destination(2)));
+  const proxy = await startProxy(config, log ?? pino({ level }, pino.destination(2)));
   return {
     proxy,
     config,
@@ -91,10 +92,11 @@ export async function startProsodyAndProxy(
   t: { teardown(fn: () => unknown): void },
   prosodyOptions: ProsodyOptions = {},
   overrides: DeepPartial<Config> = {},
+  log?: Logger,
 ): Promise<{ prosody: ProsodyInstance; tp: TestProxy }> {
   const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, ...prosodyOptions });
   t.teardown(() => prosody.stop());
-  const tp = await startTestProxy(prosody, overrides);
+  const tp = await startTestProxy(prosody, overrides, log);
   t.teardown(() => tp.close());
   return { prosody, tp };
 }
