@@ -129,7 +129,7 @@ export class Session extends EventEmitter {
     // Issue 10: while the server has not confirmed maxCustodyBytes of this client's stanzas
     // (it is down, or slow), the client is not read: TCP holds the rest, nothing is lost.
     this.#upstream.custody.on('full', () => {
-      this.log.info(`over ${deps.upstream.maxCustodyBytes} bytes of stanzas await the server: not reading the client`);
+      this.log.debug(`over ${deps.upstream.maxCustodyBytes} bytes of stanzas await the server: not reading the client`);
       this.#client?.pauseReading();
     });
     this.#upstream.custody.on('room', () => this.#client?.resumeReading());
@@ -487,9 +487,8 @@ export class Session extends EventEmitter {
     for (const stanza of stanzas) {
       const outcome = settle(stanza, this.bareJid, last);
       counts[outcome.action]++;
-      if (outcome.action === 'hold') {
-        if (!this.#deps.held.hold(this.bareJid, stanza)) this.log.warn('held messages over a bound (per account, proxy-wide bytes or age): the oldest were dropped');
-      } else if (outcome.action === 'bounce') this.#upstream.sendOwn(outcome.reply);
+      if (outcome.action === 'hold') this.#hold(stanza);
+      else if (outcome.action === 'bounce') this.#upstream.sendOwn(outcome.reply);
     }
     if (counts.bounce > 0 && !this.#upstream.linked) {
       this.log.warn({ bounce: counts.bounce }, 'error replies to the senders of unacked stanzas are lost: no upstream link');
@@ -515,7 +514,12 @@ export class Session extends EventEmitter {
   #settleLate(el: TopLevel): void {
     const stanza = { xml: el.raw, receivedAt: Date.now() };
     const outcome = settle(stanza, this.bareJid, this.#deps.isLastSession(this));
-    if (outcome.action === 'hold') this.#deps.held.hold(this.bareJid, stanza);
+    if (outcome.action === 'hold') this.#hold(stanza);
+  }
+
+  /** Keeps a message for the account's next login (design §4.3); a bound that drops one is logged. */
+  #hold(stanza: QueuedStanza): void {
+    if (!this.#deps.held.hold(this.bareJid, stanza)) this.log.warn('held messages over a bound (per account, proxy-wide bytes or age): the oldest were dropped');
   }
 }
 
