@@ -12,10 +12,10 @@ import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
 import { UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
 import { LoginLimiter } from './upstream/login-limiter.ts';
 import { SessionRegistry } from './sm/registry.ts';
-import { Session, failed, type SessionDeps } from './session/session.ts';
+import type { Session } from './session/session.ts';
+import { SessionManager } from './session/manager.ts';
 import { HeldMessages } from './session/held-messages.ts';
 import { StreamError } from './xml/stream-error.ts';
-import { prepJid } from './jid.ts';
 
 /** A running proxy. */
 export interface Proxy {
@@ -23,6 +23,8 @@ export interface Proxy {
   addresses: { starttls: AddressInfo[]; directTls: AddressInfo[] };
   /** Live sessions, attached or hibernating. */
   sessions: ReadonlySet<Session>;
+  /** The sessions, and the proxy's event surface and stanza hooks for features (events.ts). */
+  manager: SessionManager;
   /**
    * Re-reads the certificate (the PEM pair or PKCS#12 file of `tlsOptions`, default the config's
    * `tls` section) and uses it for every later TLS handshake, STARTTLS and direct TLS; open
@@ -47,10 +49,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   let secureContext = tls.createSecureContext({ key: certificate.key, cert: certificate.cert });
 
   const registry = new SessionRegistry<Session>(config.sm.maxOldSessions);
-  const sessions = new Set<Session>();
   const logins = new LoginLimiter(config.upstream.maxConcurrentLogins);
-  /** Live sessions per bare JID (for the last-session rule of design §4.3). */
-  const byAccount = new Map<string, Set<Session>>();
   const clients = new Set<ClientStream>();
   const upstreamTrust = config.upstream.caFile
     ? tls.createSecureContext({ ca: [...tls.rootCertificates, fs.readFileSync(config.upstream.caFile, 'utf8')] })
@@ -69,8 +68,9 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     limits: { maxStanzaBytes: Math.max(config.limits.maxStanzaBytes * 4, 1 << 20), maxDepth: config.limits.maxDepth * 2 },
   });
 
-  const sessionDeps: SessionDeps = {
+  const manager = new SessionManager({
     registry,
+    credentialCacheSeconds: config.upstream.credentialCacheSeconds,
     sm: config.sm,
     hibernationSeconds: config.sm.hibernationSeconds,
     output: { maxSendBufferBytes: config.limits.maxSendBufferBytes, sendTimeoutSeconds: config.limits.sendTimeoutSeconds },
@@ -88,9 +88,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       serverAcks: config.upstream.streamManagement,
       maxCustodyBytes: config.upstream.maxCustodyBytes,
     },
-    isLastSession: (session) => (byAccount.get(session.bareJid)?.size ?? 0) <= 1,
     log,
-  };
+  });
 
   const clientDeps: ClientStreamDeps = {
     domains: new Set(config.domains),
@@ -104,49 +103,11 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     negotiationTimeoutMs: config.limits.c2sTimeoutSeconds * 1000,
     authThrottle: new AuthThrottle({ maxFailures: config.limits.maxAuthFailures, periodMs: config.limits.authFailurePeriodSeconds * 1000, log }),
     login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)),
-    async verifyCached(cred, bareJid) {
-      // A credential the server accepted long ago may have changed since: log in for real then.
-      const fresh = Date.now() - config.upstream.credentialCacheSeconds * 1000;
-      const session = [...(byAccount.get(bareJid) ?? [])].find((s) => s.credentialAcceptedAt >= fresh);
-      if (!session?.verifyPassword(cred.password)) return undefined;
-      return session.upstreamFeatures;
-    },
-    takeover(bareJid, resource) {
-      const fullJid = prepJid(`${bareJid}/${resource}`);
-      const old = [...(byAccount.get(bareJid) ?? [])].find((s) => s.fullJid === fullJid);
-      if (!old) return undefined;
-      old.log.info('a new stream of this account binds the same resource: retiring this session');
-      return old.retire();
-    },
-    bound(client, link, fullJid, handover) {
-      const session = new Session(sessionDeps, client, link, fullJid, handover);
-      sessions.add(session);
-      const mine = byAccount.get(session.bareJid) ?? new Set<Session>();
-      mine.add(session);
-      byAccount.set(session.bareJid, mine);
-      session.once('ended', () => {
-        sessions.delete(session);
-        mine.delete(session);
-        if (mine.size === 0) byAccount.delete(session.bareJid);
-      });
-      session.log.info('session started');
-    },
-    async resume(client: ClientStream, el: TopLevel) {
-      const id = String(el.attrs.previd ?? '');
-      const session = registry.get(id, client.bareJid!);
-      if (!session) {
-        // Unknown, expired, or another account's id: the same answer (XEP-0198 §5).
-        const old = registry.old(id, client.bareJid!);
-        client.write(failed(old?.condition ?? 'item-not-found', old?.h));
-        client.log.info('resume failed: unknown session');
-        return false;
-      }
-      if (!(await session.resume(client, el))) return false;
-      // Logged in for real (no cache, or a stale one): the session keeps the fresher credential.
-      const fresh = client.closeSpareLink();
-      if (fresh) session.renewCredential(fresh);
-      return true;
-    },
+    loginResult: (result) => manager.emit('client-login', result),
+    verifyCached: async (cred, bareJid) => manager.verifyCached(cred, bareJid),
+    takeover: (bareJid, resource) => manager.takeover(bareJid, resource),
+    bound: (client, link, fullJid, handover) => void manager.start(client, link, fullJid, handover),
+    resume: (client: ClientStream, el: TopLevel) => manager.resume(client, el),
   };
 
   const gate = new ConnectionGate({ maxTotal: config.limits.maxUnauthenticated, maxPerIp: config.limits.maxUnauthenticatedPerIp, log });
@@ -172,7 +133,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
 
   return {
     addresses,
-    sessions,
+    sessions: manager.sessions,
+    manager,
     async reloadTls(tlsOptions = tlsSection) {
       try {
         if (tlsOptions.certFile === undefined && tlsOptions.keyFile === undefined && tlsOptions.pkcs12File === undefined) {
@@ -199,7 +161,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       const closed = Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
       gate.close();
       for (const client of [...clients]) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
-      for (const session of [...sessions]) session.end('proxy shutting down');
+      manager.endAll('shutdown', 'the proxy is shutting down');
       // Peers get a moment to close their side; then their sockets go.
       const grace = new Promise((resolve) => setTimeout(resolve, 1000).unref());
       await Promise.race([closed, grace]);

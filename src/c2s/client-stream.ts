@@ -54,6 +54,11 @@ export interface ClientStreamDeps {
    * retired (as the server would kick it) and what it held is handed over (design §4.3).
    */
   takeover(bareJid: string, resource: string): Handover | undefined;
+  /**
+   * Told the outcome of every SASL exchange: `success`, or the RFC 6120 §6.5 condition the
+   * client got (for metrics; never a JID or a credential).
+   */
+  loginResult?(result: string): void;
   /** The upstream bound a resource: create the session (design §4.1.4). */
   bound(client: ClientStream, link: UpstreamLink, fullJid: string, handover: Handover | undefined): void;
   /**
@@ -482,6 +487,7 @@ export class ClientStream extends EventEmitter {
       this.#headerSent = false;
       this.log = this.log.child({ account: this.bareJid });
       this.log.info(cachedFeatures ? 'authenticated against a live session' : 'authenticated upstream');
+      this.#deps.loginResult?.('success');
     } catch (err) {
       this.#state = 'sasl';
       if (err instanceof SaslFailure) {
@@ -498,6 +504,7 @@ export class ClientStream extends EventEmitter {
 
   /** RFC 6120 §6.4.5 `<failure/>` with `condition` and an optional (fixed, English) `<text/>`. */
   #saslFailure(condition: string, text?: string): void {
+    this.#deps.loginResult?.(condition);
     const textEl = text ? `<text xml:lang='en'>${text}</text>` : '';
     this.#stream.write(`<failure xmlns='${NS.sasl}'><${condition}/>${textEl}</failure>`);
     if (++this.#authAttempts >= MAX_AUTH_ATTEMPTS) {

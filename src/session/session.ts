@@ -17,6 +17,16 @@ import type { HeldMessages } from './held-messages.ts';
 import type { Handover } from './handover.ts';
 import { settle } from './settle.ts';
 import { DuplicateWindow } from './duplicates.ts';
+import type { EndCause, ResumeFailure, SettleCounts, StanzaHook, StanzaHooks } from './events.ts';
+
+/** The end cause of each way the upstream side gives up. */
+const UPSTREAM_END_CAUSES: Record<UpstreamFailure, EndCause> = {
+  refused: 'upstream-refused',
+  unreachable: 'upstream-unreachable',
+  conflict: 'upstream-conflict',
+  internal: 'upstream-error',
+  rejected: 'upstream-rejected',
+};
 
 /** What the client is told when the session ends because the upstream gave up (design §4.5). */
 const UPSTREAM_FAILURES: Record<UpstreamFailure, StreamError> = {
@@ -49,6 +59,8 @@ export interface SessionDeps {
   isLastSession(session: Session): boolean;
   /** For the session's upstream side: re-login, throttle, reconnect policy. */
   upstream: Omit<UpstreamDeps, 'log'>;
+  /** Features' stanza hooks (events.ts), shared by every session. */
+  hooks: StanzaHooks;
   log: Logger;
 }
 
@@ -57,16 +69,21 @@ export interface SessionDeps {
  * the upstream link, and the XEP-0198 state between them. The per-stanza path is
  * `#fromClient` and `#fromUpstream`.
  *
- * Events:
+ * Events (the SessionManager re-emits them, with the session, as the proxy's event surface:
+ * see ProxyEventMap in events.ts for the payloads):
+ * - `sm-enabled` (resume: boolean): the client enabled XEP-0198.
  * - `hibernating` (): the client vanished; the session waits for a resume.
+ * - `resumed` ({ hibernatedMs, resent }): a client resumed it.
+ * - `resume-failed` (reason: ResumeFailure): a `<resume/>` of this session got `<failed/>`.
+ * - `ack-requested` ({ unacked }), `ack-received` ({ acked, unacked }): XEP-0198 §4 traffic.
  * - `ack-delayed` ({ unacked: number }): an ack request to the attached client has gone
  *   unanswered for `sm.maxAckDelaySeconds` (mod_smacks' smacks-ack-delayed); `unacked` stanzas
  *   wait for it.
- * - `resumed` (): a client resumed it.
  * - `upstream-down` (reason: string): the upstream link dropped; the session reconnects it.
- * - `upstream-up` (): a new upstream link is bound and the session's state replayed.
- * - `ended` (reason: string): the session is over (timeout, client left, upstream gone for good,
- *   or retired by a new bind of its resource).
+ * - `upstream-up` ({ downMs, resumed }): a new upstream link is bound and the state replayed.
+ * - `custody-confirmed` ({ stanzas, latencyMs }): a custody barrier answered (design §4.4).
+ * - `duplicate-dropped` (): a second copy of a message did not reach the client.
+ * - `ended` (end: SessionEnd): the session is over, with a cause from END_CAUSES.
  *
  * One client stream owns the session at a time: attaching one detaches (and releases) the
  * other, and of several resumes in flight only the latest may attach.
@@ -86,6 +103,8 @@ export class Session extends EventEmitter {
   readonly #resource: string;
   #resumeId: string | undefined;
   #hibernationTimer: NodeJS.Timeout | undefined;
+  /** When the client vanished (ms since the epoch), while hibernating. */
+  #hibernatedAt = 0;
   #ended = false;
   /** Whether the client sent its initial presence (held messages follow it, RFC 6121 §4.2). */
   #available = false;
@@ -117,6 +136,8 @@ export class Session extends EventEmitter {
       this.emit('ack-delayed', { unacked: this.sm.queue.length });
     });
     this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
+    this.sm.on('requested', (unacked: number) => this.emit('ack-requested', { unacked }));
+    this.sm.on('acked', (acked: number, unacked: number) => this.emit('ack-received', { acked, unacked }));
     this.#upstreamDeps = { ...deps.upstream, log: this.log };
     this.#upstream = new Upstream(this.#upstreamDeps, upstream, this.fullJid);
     this.#upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
@@ -125,7 +146,8 @@ export class Session extends EventEmitter {
       this.log.warn(`upstream link lost (${reason}): reconnecting`);
       this.emit('upstream-down', reason);
     });
-    this.#upstream.on('up', () => this.emit('upstream-up'));
+    this.#upstream.on('up', (info: { downMs: number; resumed: boolean }) => this.emit('upstream-up', info));
+    this.#upstream.custody.on('barrier', (stanzas: number, latencyMs: number) => this.emit('custody-confirmed', { stanzas, latencyMs }));
     // Issue 10: while the server has not confirmed maxCustodyBytes of this client's stanzas
     // (it is down, or slow), the client is not read: TCP holds the rest, nothing is lost.
     this.#upstream.custody.on('full', () => {
@@ -178,6 +200,7 @@ export class Session extends EventEmitter {
   #fromClient(el: TopLevel): void {
     if (isStanzaName(el.name)) {
       this.sm.countInbound();
+      if (this.#deps.hooks.fromClient.length > 0 && this.#consumedBy(this.#deps.hooks.fromClient, el)) return this.#upstream.handledLocally();
       this.#upstream.sendStanza(el);
       if (!this.#available && el.name === 'presence' && !el.attrs.to && !el.attrs.type) this.#onInitialPresence();
       return;
@@ -195,13 +218,51 @@ export class Session extends EventEmitter {
       this.#upstream.sendOwn(`<iq type='result' id='${escapeAttr(el.attrs.id)}' to='${escapeAttr(el.attrs.from ?? this.#domain)}'/>`);
       return;
     }
+    if (this.#deps.hooks.fromUpstream.length > 0 && this.#consumedBy(this.#deps.hooks.fromUpstream, el)) return;
     if (this.#duplicates.seen(el)) {
       this.log.debug({ from: el.attrs.from, id: el.attrs.id }, 'second copy of a message dropped (sent again after an upstream fault)');
+      this.emit('duplicate-dropped');
       return;
     }
     this.sm.send(el.raw, Date.now());
     const client = this.#client;
     if (client && this.#stallTimer === undefined && client.backlog > this.#deps.output.maxSendBufferBytes) this.#holdUpstream(client);
+  }
+
+  /** Runs the stanza hooks of one direction: true when one consumed `el` (events.ts). */
+  #consumedBy(hooks: readonly StanzaHook[], el: TopLevel): boolean {
+    for (const hook of hooks) {
+      try {
+        if (hook(el, this) === true) return true;
+      } catch (err) {
+        // A feature's bug must not cost the stanza, nor the session.
+        this.log.error({ err }, 'a stanza hook failed; the stanza goes on');
+      }
+    }
+    return false;
+  }
+
+  /**
+   * Sends a stanza of the proxy's own to the client (an answer or a notice of a feature): it
+   * goes through the unacked queue like any other, so it survives hibernation.
+   * @returns false when the session has ended.
+   */
+  sendToClient(xml: string): boolean {
+    if (this.#ended) return false;
+    this.sm.send(xml, Date.now());
+    return true;
+  }
+
+  /**
+   * Sends a stanza of the proxy's own to the server on the session's upstream link (an answer or
+   * a request of a feature, e.g. an XEP-0410 self-ping). It is not in custody: not re-sent after
+   * a drop, and it does not count in the client's `h`.
+   * @returns false when it was not sent: the session ended or its link is down.
+   */
+  sendToUpstream(xml: string): boolean {
+    if (this.#ended || !this.#upstream.linked) return false;
+    this.#upstream.sendOwn(xml);
+    return true;
   }
 
   /** An XEP-0199 ping from the server itself (its domain, or no `from`). */
@@ -232,7 +293,7 @@ export class Session extends EventEmitter {
     this.log.warn({ unacked: length, bytes }, `unacked queue over sm.maxQueueSize (${this.#deps.sm.maxQueueSize}) or sm.maxQueueBytes: session no longer resumable`);
     // mod_smacks: the session cannot be resumed any more, so it ends now (design §4.3).
     this.#client?.fail(new StreamError('resource-constraint', 'too many unacknowledged stanzas'));
-    this.end('unacked queue overflowed');
+    this.end('queue-overflow', 'unacked queue overflowed');
   }
 
   // ---- backpressure -------------------------------------------------------------------------
@@ -255,7 +316,7 @@ export class Session extends EventEmitter {
       }
       this.log.info(`client took none of its output for ${sendTimeoutSeconds} s: ending the session`);
       client.fail(new StreamError('connection-timeout', 'output not read'));
-      this.end('client stopped reading');
+      this.end('client-stalled', 'client stopped reading');
     }, sendTimeoutSeconds * 1000);
     this.#stallTimer.unref();
     client.once('drain', () => this.#releaseUpstream());
@@ -291,6 +352,7 @@ export class Session extends EventEmitter {
         client.write(`<enabled xmlns='${NS.sm}'/>`);
       }
       this.log.info({ resume }, 'stream management enabled');
+      this.emit('sm-enabled', resume);
       return;
     }
     if (el.name === 'resume') return client.write(failed('unexpected-request'));
@@ -311,9 +373,10 @@ export class Session extends EventEmitter {
       // not hibernate, as with Prosody: only a vanished one does. The proxy's own bug does not count.
       const failure = client.failure?.condition;
       const closedByUs = failure !== undefined && failure !== 'internal-server-error';
-      if (cleanEnd || closedByUs || !this.#resumeId || this.sm.overflowed) {
-        this.end(cleanEnd ? 'client closed its stream' : closedByUs ? `client stream closed with ${failure}` : 'client connection lost');
-      } else this.#hibernate();
+      if (cleanEnd) this.end('client-closed', 'client closed its stream');
+      else if (closedByUs) this.end('client-error', `client stream closed with ${failure}`);
+      else if (!this.#resumeId || this.sm.overflowed) this.end('client-lost', 'client connection lost');
+      else this.#hibernate();
     });
     this.sm.attach((xml) => client.write(xml));
     client.establish((el) => this.#fromClient(el));
@@ -343,13 +406,14 @@ export class Session extends EventEmitter {
 
   #hibernate(): void {
     this.log.info(`client vanished: hibernating for up to ${this.#deps.hibernationSeconds} s`);
+    this.#hibernatedAt = Date.now();
     this.#startHibernationTimer();
     this.emit('hibernating');
   }
 
   /** Runs while no client owns the session, resumes in flight included (idempotent). */
   #startHibernationTimer(): void {
-    this.#hibernationTimer ??= setTimeout(() => this.end('hibernation timed out'), this.#deps.hibernationSeconds * 1000);
+    this.#hibernationTimer ??= setTimeout(() => this.end('hibernation-timeout', 'hibernation timed out'), this.#deps.hibernationSeconds * 1000);
     this.#hibernationTimer.unref();
   }
 
@@ -366,11 +430,11 @@ export class Session extends EventEmitter {
     const h = parseH(el.attrs.h);
     if (h === undefined) {
       client.write(failed('bad-request'));
-      return false;
+      return this.#resumeFailed('bad-request');
     }
     if (this.sm.overflowed) {
       client.write(failed('resource-constraint'));
-      return false;
+      return this.#resumeFailed('overflowed');
     }
     const seq = ++this.#resumeSeq;
     const old = this.#detach();
@@ -383,13 +447,13 @@ export class Session extends EventEmitter {
     const settled = this.#upstream.linked && (await this.#upstream.custody.settled());
     if (this.#ended) {
       client.write(failed('item-not-found', this.sm.inbound));
-      return false;
+      return this.#resumeFailed('ended');
     }
     if (seq !== this.#resumeSeq) {
       client.fail(new StreamError('conflict', 'replaced by a newer resumption of this session'));
-      return false;
+      return this.#resumeFailed('superseded');
     }
-    if (client.closed) return false;
+    if (client.closed) return this.#resumeFailed('client-left');
     if (!this.sm.ackOnResume(h)) {
       // As mod_smacks: an h that cannot be right leaves no consistent state to resume, so the
       // session ends (its queue settled) after <failed h/> and a stream error.
@@ -398,7 +462,8 @@ export class Session extends EventEmitter {
       client.write(failed('undefined-condition', this.sm.inbound, app));
       const text = tooHigh ? 'client acknowledged more stanzas than were sent' : 'client acknowledged fewer stanzas than it already had';
       client.fail(new StreamError('undefined-condition', text, app || undefined));
-      this.end(`resume with an impossible h (${text})`);
+      this.#resumeFailed('invalid-h');
+      this.end('resume-invalid-h', `resume with an impossible h (${text})`);
       return false;
     }
     if (!settled) {
@@ -415,9 +480,17 @@ export class Session extends EventEmitter {
     const stanzas = this.sm.unacked();
     for (const s of stanzas) client.write(withDelay(s.xml, s.receivedAt, this.#domain));
     this.sm.requestAck();
-    this.log.info({ resent: stanzas.length }, 'session resumed');
-    this.emit('resumed');
+    const hibernatedMs = this.#hibernatedAt === 0 ? 0 : Date.now() - this.#hibernatedAt;
+    this.#hibernatedAt = 0;
+    this.log.info({ resent: stanzas.length, hibernatedMs }, 'session resumed');
+    this.emit('resumed', { hibernatedMs, resent: stanzas.length });
     return true;
+  }
+
+  #resumeFailed(reason: ResumeFailure): false {
+    this.log.info({ reason }, 'resume failed');
+    this.emit('resume-failed', reason);
+    return false;
   }
 
   // ---- a new bind of the same resource --------------------------------------------------------
@@ -434,7 +507,7 @@ export class Session extends EventEmitter {
     this.#handedOver = [];
     // Sent on a live link, they are handled before its close; without one, they go again.
     const unconfirmed = this.#upstream.custody.release();
-    this.#finish('retired: a new stream binds its resource');
+    this.#finish('replaced', 'retired: a new stream binds its resource');
     let settled = false;
     return {
       unacked,
@@ -465,23 +538,25 @@ export class Session extends EventEmitter {
     const known = UPSTREAM_FAILURES[kind];
     const serverSaid = kind === 'rejected' && condition ? INPUT_REJECTED.get(condition) : undefined;
     this.#client?.fail(serverSaid ? new StreamError(serverSaid, known.text) : known);
-    this.end(`upstream: ${reason}`);
+    this.end(UPSTREAM_END_CAUSES[kind], `upstream: ${reason}`);
   }
 
   /**
-   * Ends the session (hibernation timeout, overflow, clean close, upstream loss): forgets the
-   * resumption id (remembering `h`), settles the unacked stanzas the mod_smacks way (design
-   * §4.3) and closes the upstream session with an unavailable presence.
+   * Ends the session (hibernation timeout, overflow, clean close, upstream loss, shutdown):
+   * forgets the resumption id (remembering `h`), settles the unacked stanzas the mod_smacks way
+   * (design §4.3) and closes the upstream session with an unavailable presence.
+   * @param cause one of END_CAUSES (logged, counted by metrics).
+   * @param detail free text for the log line (default: the cause).
    */
-  end(reason: string): void {
+  end(cause: EndCause, detail: string = cause): void {
     if (this.#ended) return;
     const counts = this.#settleAll([...this.#handedOver, ...this.sm.queue.drain()]);
     this.#handedOver = [];
-    this.#finish(reason, `<presence type='unavailable'/>`, counts);
+    this.#finish(cause, detail, `<presence type='unavailable'/>`, counts);
   }
 
   /** Settles stanzas of an ending session the mod_smacks way (design §4.3); returns the counts. */
-  #settleAll(stanzas: QueuedStanza[]): Record<'archived' | 'hold' | 'bounce' | 'drop', number> {
+  #settleAll(stanzas: QueuedStanza[]): SettleCounts {
     const last = this.#deps.isLastSession(this);
     const counts = { archived: 0, hold: 0, bounce: 0, drop: 0 };
     for (const stanza of stanzas) {
@@ -497,7 +572,8 @@ export class Session extends EventEmitter {
   }
 
   /** The end itself: forget the id (remembering `h`), close both sides, tell the proxy. */
-  #finish(reason: string, last?: string, counts?: object): void {
+  #finish(cause: EndCause, detail: string, last?: string, settled?: SettleCounts): void {
+    const hibernating = this.#hibernatedAt !== 0;
     this.#ended = true;
     clearTimeout(this.#hibernationTimer);
     if (this.#resumeId) {
@@ -506,8 +582,8 @@ export class Session extends EventEmitter {
     this.#upstream.close(last);
     this.#detach()?.end();
     this.sm.close();
-    this.log.info(counts ? { unacked: counts } : {}, `session ended: ${reason}`);
-    this.emit('ended', reason);
+    this.log.info(settled ? { cause, unacked: settled } : { cause }, `session ended: ${detail}`);
+    this.emit('ended', { cause, detail, hibernating, settled });
   }
 
   /** A stanza the server sent after the session ended: hold it when it is a chat message. */

@@ -27,6 +27,8 @@ export interface SmOptions {
  * - `overflow` (): the unacked queue passed `maxQueueSize` stanzas or `maxQueueBytes`, whichever
  *   first (emitted once); the session can no longer be resumed (XEP-0198 §5 resource-constraint).
  * - `ack-delayed` (): an `<r/>` has been outstanding for `maxAckDelaySeconds` (push uses it).
+ * - `requested` (unacked: number): an `<r/>` went to the client with `unacked` stanzas queued.
+ * - `acked` (n: number, unacked: number): an `<a/>` acknowledged `n` more; `unacked` remain.
  */
 export class StreamManagement extends EventEmitter {
   /** True after `<enabled/>` was sent. */
@@ -204,6 +206,7 @@ export class StreamManagement extends EventEmitter {
         );
       }
     }
+    this.emit('acked', n, this.queue.length);
     // mod_smacks (Feb 2017): ask again at once if the ack left too much unacknowledged.
     if (this.queue.length > this.#options.maxUnackedStanzas) this.#scheduleRequest();
   }
@@ -241,6 +244,7 @@ export class StreamManagement extends EventEmitter {
       this.#requestPending = true;
       this.#lastRequestedAt = this.queue.sent;
       this.#write(`<r xmlns='${NS.sm}'/>`);
+      this.emit('requested', this.queue.length);
       this.#ackDelayTimer ??= setTimeout(() => {
         this.#ackDelayTimer = undefined;
         this.emit('ack-delayed');

@@ -27,6 +27,8 @@ export interface CustodyOptions {
  * Events:
  * - `confirmed` (n: number, counted: number): n more stanzas, the oldest held, reached the
  *   server; `counted` of them were received after XEP-0198 was enabled (they count in `h`).
+ * - `barrier` (n: number, latencyMs: number): a barrier confirmed n stanzas `latencyMs` after it
+ *   went out (the custody-ack latency of design §4.4).
  * - `timeout` (): a barrier went unanswered for `timeoutMs`: the link is presumed dead.
  * - `fault` (err: unknown): a barrier failed on a bug; the owner replaces the link.
  * - `full` (): `pendingBytes` passed `maxBytes` (emitted once per crossing). The owner stops
@@ -95,8 +97,17 @@ export class Custody extends EventEmitter {
     return this.#link !== undefined;
   }
 
-  /** Takes a client stanza: written at once when a link is attached, kept until confirmed. */
+  /**
+   * Takes a client stanza: written at once when a link is attached, kept until confirmed.
+   * An empty `raw` is a stanza the proxy handled itself (a stanza hook consumed it): nothing is
+   * written, but it is confirmed in its place, so the client's `h` covers it only after every
+   * stanza it sent before it.
+   */
   push(raw: string): void {
+    if (raw === '' && this.#held.length === 0) {
+      this.emit('confirmed', 1, 1); // nothing before it (so nothing uncounted): handled now
+      return;
+    }
     this.#held.push(raw);
     this.#bytes += raw.length;
     if (this.#bytes > this.#maxBytes && !this.#full) {
@@ -105,7 +116,7 @@ export class Custody extends EventEmitter {
     }
     // While suspects are tried one at a time, later stanzas wait their turn (order is kept).
     if (!this.#link || this.#isolate > 0) return;
-    this.#link.send(raw, true);
+    if (raw !== '') this.#link.send(raw, true);
     this.#sent++;
     this.#scheduleBarrier();
   }
@@ -164,7 +175,10 @@ export class Custody extends EventEmitter {
   #sendNext(): void {
     const link = this.#link!;
     const upTo = this.#isolate > 0 ? Math.min(1, this.#held.length) : this.#held.length;
-    for (; this.#sent < upTo; this.#sent++) link.send(this.#held[this.#sent]!, true);
+    for (; this.#sent < upTo; this.#sent++) {
+      const raw = this.#held[this.#sent]!;
+      if (raw !== '') link.send(raw, true);
+    }
     this.#scheduleBarrier();
   }
 
@@ -269,6 +283,7 @@ export class Custody extends EventEmitter {
     if (!link || this.#barrierOut || this.#sent === 0) return;
     this.#barrierOut = true;
     const covered = this.#sent;
+    const started = performance.now();
     // The server's own acks when it has them and they hold; else, or once they fail, a ping.
     const sm = link.sm?.state === 'enabled' ? await link.sm.confirmAll(this.#timeoutMs) : 'broken';
     let ok = sm === 'confirmed';
@@ -291,6 +306,7 @@ export class Custody extends EventEmitter {
     this.#isolate = Math.max(0, this.#isolate - covered);
     this.#shrunk(sizeOf(confirmed));
     this.emit('confirmed', covered, covered - uncounted);
+    this.emit('barrier', covered, performance.now() - started);
     if (link !== this.#link) return; // a 'confirmed' listener detached it
     if (this.#sent < this.#held.length) this.#sendNext();
     else if (this.#sent > 0) this.#scheduleBarrier();

@@ -78,7 +78,8 @@ const NS_CSI = 'urn:xmpp:csi:0';
  * - `confirmed` (counted: number): more client stanzas reached the server (`counted` of them
  *   count in XEP-0198 `h`).
  * - `down` (reason: string): the link dropped; reconnecting.
- * - `up` (): a replacement link is bound and the state replayed.
+ * - `up` ({ downMs: number, resumed: boolean }): a replacement link is bound and the state
+ *   replayed, `downMs` after the drop; `resumed` when the server's own XEP-0198 session was resumed.
  * - `failed` (reason: string, kind: UpstreamFailure, condition?: string): giving up; for
  *   `rejected`, `condition` is the server's stream error condition.
  */
@@ -179,6 +180,14 @@ export class Upstream extends EventEmitter {
   sendStanza(el: TopLevel): void {
     this.#track(el);
     this.custody.push(el.name === 'message' && el.attrs.id === undefined ? `<message id='${this.#idPrefix}${++this.#idSeq}'${el.raw.slice(8)}` : el.raw);
+  }
+
+  /**
+   * A client stanza the proxy handled itself (a stanza hook consumed it): nothing goes to the
+   * server, but custody confirms it in its place among the client's stanzas (XEP-0198 `h`).
+   */
+  handledLocally(): void {
+    this.custody.push('');
   }
 
   /** A client nonza for the server (CSI…): sent when linked; CSI state is replayed later. */
@@ -362,7 +371,7 @@ export class Upstream extends EventEmitter {
         this.custody.attach(link); // design §4.5: the held client stanzas, in their order
         this.#credentialAcceptedAt = Date.now();
         log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
-        this.emit('up');
+        this.emit('up', { downMs: Date.now() - this.#downSince, resumed: false });
         if (this.#archive) this.#own(this.#fillGap(link, this.#downSince), 'filling the gap from the archive');
         return;
       } catch (err) {
@@ -401,7 +410,7 @@ export class Upstream extends EventEmitter {
     this.#use(link);
     this.custody.attach(link);
     this.#credentialAcceptedAt = Date.now();
-    this.emit('up');
+    this.emit('up', { downMs: Date.now() - this.#downSince, resumed: true });
     return true;
   }
 

@@ -1,3 +1,4 @@
+import type { SessionEnd } from '../../src/session/events.ts';
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
@@ -124,9 +125,9 @@ t.test('queue overflow ends the session: resume gets resource-constraint', async
   const alice = await aliceWithSm(tp, 'phone');
   alice.client.destroy();
   await waitFor(() => alice.session.hibernating, 'hibernating');
-  const ended = new Promise<string>((resolve) => alice.session.once('ended', resolve));
+  const ended = new Promise<SessionEnd>((resolve) => alice.session.once('ended', resolve));
   for (let i = 1; i <= 7; i++) bob.client.send(`<message to='alice@proxy.test/phone' type='chat'><body>${i}</body></message>`);
-  t.match(await ended, /overflow/);
+  t.match(await ended, { cause: 'queue-overflow', hibernating: true });
   const answer = await resumeAttempt(tp, alice.id);
   t.equal(answer.name, 'failed');
   t.equal(answer.getChildElements()[0]?.name, 'resource-constraint');

@@ -5,6 +5,7 @@
  * And an upstream `conflict` (another connection took the resource at the server) is never
  * answered by logging in again.
  */
+import type { SessionEnd } from '../../src/session/events.ts';
 import t from 'tap';
 import { clientFor, waitFor, bodiesOf, type TestProxy } from '../harness/proxy.ts';
 import { prosodyBehindRelay, sessionOf, sleep } from '../harness/chat.ts';
@@ -35,12 +36,12 @@ t.test('raw client: a fresh bind of the hibernated resource takes over its queue
   await waitFor(() => old.sm.queue.unacked().filter((s) => s.xml.includes('queued')).length === 3, 'three unacked messages');
   alice.destroy(); // never acked them
   await waitFor(() => old.hibernating, 'hibernating');
-  const endedWith = new Promise<string>((resolve) => old.once('ended', resolve));
+  const endedWith = new Promise<SessionEnd>((resolve) => old.once('ended', resolve));
 
   const linksBefore = relay.accepted;
   const fresh = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'phone' });
   t.equal(fresh.jid, 'alice@proxy.test/phone', 'the same resource is bound again');
-  t.match(await endedWith, /retired/, 'the old session is retired');
+  t.match(await endedWith, { cause: 'replaced', detail: /retired/ }, 'the old session is retired');
   fresh.client.send('<presence/>');
   const got: string[] = [];
   for (let i = 1; i <= 3; i++) {
@@ -103,11 +104,11 @@ t.test('an upstream conflict (another connection took the resource at the server
   const aliceGot = bodiesOf(alice);
   await alice.start();
   const session = sessionOf(tp, 'alice@proxy.test/phone');
-  const ended = new Promise<string>((resolve) => session.once('ended', resolve));
+  const ended = new Promise<SessionEnd>((resolve) => session.once('ended', resolve));
   const linksBefore = relay.accepted;
   // Straight to the server, bypassing the proxy, on the same resource: the server kicks the proxy's link.
   const direct = await RawClient.login({ port: prosodyPort, user: 'alice', password: 'alice-pw', resource: 'phone' });
-  t.match(await ended, /another connection/, 'the session ends');
+  t.match(await ended, { cause: 'upstream-conflict', detail: /another connection/ }, 'the session ends');
   await waitFor(() => errors.includes('conflict'), 'the client is told conflict, as the server would');
   await sleep(3000);
   t.equal(relay.accepted, linksBefore, 'no re-login to take the resource back');

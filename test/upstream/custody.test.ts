@@ -119,3 +119,39 @@ t.test('the default limit is the configured default (1 MiB)', async (t) => {
   custody.push(stanza(100));
   t.same(seen, ['full']);
 });
+
+t.test('a stanza the proxy handled itself (a hook consumed it) is confirmed in its place', async (t) => {
+  const custody = new Custody(1000);
+  const confirmed: number[] = [];
+  const barriers: number[] = [];
+  custody.on('confirmed', (_n: number, counted: number) => confirmed.push(counted));
+  custody.on('barrier', (n: number, latencyMs: number) => {
+    barriers.push(n);
+    t.ok(latencyMs >= 0, 'a barrier reports its latency');
+  });
+  const { link, sent, answer } = fakeLink();
+  custody.attach(link);
+  custody.push('');
+  t.same(confirmed, [1], 'with nothing before it, confirmed at once');
+  custody.push(stanza(100, 'a'));
+  custody.push('');
+  t.same(confirmed, [1], 'behind a stanza the server has not confirmed, it waits');
+  t.same(sent, [stanza(100, 'a')], 'nothing is written for it');
+  await answer();
+  t.same(confirmed, [1, 2], 'confirmed with the stanza before it');
+  t.same(barriers, [2]);
+  t.equal(custody.pending, 0);
+});
+
+t.test('handled stanzas held while no link is up are confirmed on the next link', async (t) => {
+  const custody = new Custody(1000);
+  const confirmed: number[] = [];
+  custody.on('confirmed', (_n: number, counted: number) => confirmed.push(counted));
+  custody.push(stanza(100, 'a'));
+  custody.push('');
+  const { link, sent, answer } = fakeLink();
+  custody.attach(link);
+  t.same(sent, [stanza(100, 'a')]);
+  await answer();
+  t.same(confirmed, [2]);
+});
