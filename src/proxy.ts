@@ -25,6 +25,10 @@ export interface Proxy {
   sessions: ReadonlySet<Session>;
   /** The sessions, and the proxy's event surface and stanza hooks for features (events.ts). */
   manager: SessionManager;
+  /** Messages held for accounts with no session (design §4.3). */
+  held: HeldMessages;
+  /** When the certificate in use expires (it changes with {@link reloadTls}). */
+  readonly certificateNotAfter: Date;
   /**
    * Re-reads the certificate (the PEM pair or PKCS#12 file of `tlsOptions`, default the config's
    * `tls` section) and uses it for every later TLS handshake, STARTTLS and direct TLS; open
@@ -47,8 +51,10 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   log.info({ source: certificate.source, names: certificate.names, notAfter: certificate.notAfter }, 'TLS certificate loaded');
   if (certificate.notAfter.getTime() < Date.now()) log.warn('the TLS certificate has expired');
   let secureContext = tls.createSecureContext({ key: certificate.key, cert: certificate.cert });
+  let certificateNotAfter = certificate.notAfter;
 
   const registry = new SessionRegistry<Session>(config.sm.maxOldSessions);
+  const held = new HeldMessages(config.sm.maxHeldMessages, { ttlMs: config.sm.heldMessagesTtlSeconds * 1000, maxBytes: config.sm.maxHeldBytes });
   const logins = new LoginLimiter(config.upstream.maxConcurrentLogins);
   const clients = new Set<ClientStream>();
   const upstreamTrust = config.upstream.caFile
@@ -74,7 +80,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     sm: config.sm,
     hibernationSeconds: config.sm.hibernationSeconds,
     output: { maxSendBufferBytes: config.limits.maxSendBufferBytes, sendTimeoutSeconds: config.limits.sendTimeoutSeconds },
-    held: new HeldMessages(config.sm.maxHeldMessages, { ttlMs: config.sm.heldMessagesTtlSeconds * 1000, maxBytes: config.sm.maxHeldBytes }),
+    held,
     duplicateWindow: config.upstream.duplicateWindow,
     upstream: {
       open: (credential, domain) => UpstreamLink.open(upstreamOptions(domain), credential),
@@ -135,6 +141,10 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     addresses,
     sessions: manager.sessions,
     manager,
+    held,
+    get certificateNotAfter() {
+      return certificateNotAfter;
+    },
     async reloadTls(tlsOptions = tlsSection) {
       try {
         if (tlsOptions.certFile === undefined && tlsOptions.keyFile === undefined && tlsOptions.pkcs12File === undefined) {
@@ -146,6 +156,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
         const context = tls.createSecureContext(options);
         for (const server of directServers) server.setSecureContext(options);
         secureContext = context;
+        certificateNotAfter = fresh.notAfter;
         tlsSection = tlsOptions;
         log.info({ source: fresh.source, names: fresh.names, notAfter: fresh.notAfter }, 'TLS certificate reloaded');
         if (fresh.notAfter.getTime() < Date.now()) log.warn('the reloaded TLS certificate has expired');

@@ -8,6 +8,7 @@
  */
 import type { TopLevel } from '../xml/top-level.ts';
 import type { Session } from './session.ts';
+import type { LinkEndKind } from '../upstream/link.ts';
 
 /**
  * Why a session ended: the fixed set logs and metrics use (design §4.3).
@@ -102,8 +103,8 @@ export interface ProxyEventMap {
   'ack-requested': [session: Session, info: { unacked: number }];
   /** The client acknowledged `acked` more stanzas (`<a/>`); `unacked` stay in its queue. */
   'ack-received': [session: Session, info: { acked: number; unacked: number }];
-  /** The session's upstream link dropped; it reconnects (design §4.5). */
-  'upstream-down': [session: Session, reason: string];
+  /** The session's upstream link dropped (`reason`: free text for logs); it reconnects (design §4.5). */
+  'upstream-down': [session: Session, info: { reason: string; kind: LinkEndKind }];
   /** A replacement upstream link is up: after `downMs`; `resumed` when the server's own SM resumed. */
   'upstream-up': [session: Session, info: { downMs: number; resumed: boolean }];
   /** A custody barrier confirmed `stanzas` client stanzas `latencyMs` after it went out (design §4.4). */

@@ -3,7 +3,7 @@ import { parse, type Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
 import type { ClientStream } from '../c2s/client-stream.ts';
-import { INPUT_REJECTED, type UpstreamLink } from '../upstream/link.ts';
+import { INPUT_REJECTED, type LinkEndKind, type UpstreamLink } from '../upstream/link.ts';
 import { verifyPassword, type PlainCredential } from '../upstream/sasl.ts';
 import { Upstream, type UpstreamDeps, type UpstreamFailure } from '../upstream/upstream.ts';
 import { StreamManagement, type SmOptions } from '../sm/stream-management.ts';
@@ -79,7 +79,7 @@ export interface SessionDeps {
  * - `ack-delayed` ({ unacked: number }): an ack request to the attached client has gone
  *   unanswered for `sm.maxAckDelaySeconds` (mod_smacks' smacks-ack-delayed); `unacked` stanzas
  *   wait for it.
- * - `upstream-down` (reason: string): the upstream link dropped; the session reconnects it.
+ * - `upstream-down` ({ reason, kind }): the upstream link dropped; the session reconnects it.
  * - `upstream-up` ({ downMs, resumed }): a new upstream link is bound and the state replayed.
  * - `custody-confirmed` ({ stanzas, latencyMs }): a custody barrier answered (design §4.4).
  * - `duplicate-dropped` (): a second copy of a message did not reach the client.
@@ -142,9 +142,9 @@ export class Session extends EventEmitter {
     this.#upstream = new Upstream(this.#upstreamDeps, upstream, this.fullJid);
     this.#upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
     this.#upstream.on('confirmed', (counted: number) => this.sm.confirm(counted));
-    this.#upstream.on('down', (reason: string) => {
-      this.log.warn(`upstream link lost (${reason}): reconnecting`);
-      this.emit('upstream-down', reason);
+    this.#upstream.on('down', (reason: string, kind: LinkEndKind) => {
+      this.log.warn({ kind }, `upstream link lost (${reason}): reconnecting`);
+      this.emit('upstream-down', { reason, kind });
     });
     this.#upstream.on('up', (info: { downMs: number; resumed: boolean }) => this.emit('upstream-up', info));
     this.#upstream.custody.on('barrier', (stanzas: number, latencyMs: number) => this.emit('custody-confirmed', { stanzas, latencyMs }));

@@ -34,7 +34,17 @@ export const INPUT_REJECTED: ReadonlyMap<string, StreamErrorCondition> = new Map
 ] as const).map((c) => [c, c] as [string, StreamErrorCondition]).concat([['xml-not-well-formed', 'not-well-formed']])); // RFC 3920's name
 
 /** How a link ended, beyond its reason text (the `close` event's third argument). */
+/**
+ * How a link ended, the fixed set metrics count reconnects by:
+ * `connection-lost` (the TCP connection failed or was reset), `stream-closed` (the server closed
+ * its stream), `stream-error` (the server sent a stream error), `bad-xml` (the server sent what
+ * cannot be parsed), `timeout` (no answer to a ping: half-open), `proxy` (the proxy closed it).
+ */
+export type LinkEndKind = 'connection-lost' | 'stream-closed' | 'stream-error' | 'bad-xml' | 'timeout' | 'proxy';
+
 export interface LinkEnd {
+  /** How it ended (a timeout or a replaced link is `timeout` / `proxy`). */
+  kind: LinkEndKind;
   /**
    * The server's stream error rejects what was relayed ({@link INPUT_REJECTED}), not the
    * proxy's own `<r/>` to a server whose SM went away.
@@ -97,6 +107,7 @@ export class UpstreamLink extends EventEmitter {
   readonly #stream: XmlStream;
   readonly #options: UpstreamOptions;
   #closeReason = 'closed';
+  #closeKind: LinkEndKind = 'connection-lost';
   /** The server's stream error condition, when it sent one. */
   #closeCondition: string | undefined;
   /** The server's stream error rejected relayed input (see INPUT_REJECTED). */
@@ -125,10 +136,14 @@ export class UpstreamLink extends EventEmitter {
     stream.on('handlerError', (err: unknown) => this.emit('fault', err));
     stream.on('streamError', (err: Error) => {
       this.#closeReason = `upstream sent bad XML: ${err.message}`;
+      this.#closeKind = 'bad-xml';
       stream.destroy();
     });
     stream.on('end', () => {
-      if (this.#closeReason === 'closed') this.#closeReason = 'upstream closed the stream'; // keep a stream error's reason
+      if (this.#closeReason === 'closed') {
+        this.#closeReason = 'upstream closed the stream'; // keep a stream error's reason
+        this.#closeKind = 'stream-closed';
+      }
       stream.end();
     });
     stream.once('close', () => {
@@ -136,7 +151,8 @@ export class UpstreamLink extends EventEmitter {
       this.#sm?.stop();
       for (const settle of [...this.#ownIqs.values()]) settle(undefined);
       this.#ownIqs.clear();
-      const how: LinkEnd = { rejectedInput: this.#rejectedInput, byProxy: this.#byProxy };
+      const kind = this.#byProxy && this.#closeKind === 'connection-lost' ? 'proxy' : this.#closeKind;
+      const how: LinkEnd = { kind, rejectedInput: this.#rejectedInput, byProxy: this.#byProxy };
       this.emit('close', this.#closeReason, this.#closeCondition, how);
     });
     if (options.keepaliveMs > 0) {
@@ -360,6 +376,7 @@ export class UpstreamLink extends EventEmitter {
     if (await this.ping(this.#options.pingTimeoutMs)) return;
     if (this.closed) return;
     this.#closeReason = `no answer to a ping within ${this.#options.pingTimeoutMs} ms`;
+    this.#closeKind = 'timeout';
     this.destroy();
   }
 
@@ -372,6 +389,7 @@ export class UpstreamLink extends EventEmitter {
   close(last?: string): void {
     if (last) this.#stream.write(last);
     this.#closeReason = 'closed by the proxy';
+    this.#closeKind = 'proxy';
     this.#byProxy = true;
     this.#stream.end();
   }
@@ -396,6 +414,7 @@ export class UpstreamLink extends EventEmitter {
     if (el.name === 'stream:error') {
       const condition = el.element().getChildElements().find((c) => c.name !== 'text')?.name ?? 'undefined-condition';
       this.#closeReason = `upstream stream error: ${condition}`;
+      this.#closeKind = 'stream-error';
       this.#closeCondition = condition;
       // A server whose SM turned itself off may reject the <r/> it no longer knows.
       if (this.#sm?.awaiting && SM_REJECTED.has(condition)) this.#sm.abandon(`stream error ${condition} while an <r/> was outstanding`);

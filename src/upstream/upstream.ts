@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { unescapeXML, type Element } from 'ltx';
 import type { Logger } from 'pino';
-import { SaslFailure, UpstreamLink, type LinkEnd } from './link.ts';
+import { SaslFailure, UpstreamLink, type LinkEnd, type LinkEndKind } from './link.ts';
 import { Custody } from './custody.ts';
 import type { ServerSm } from './server-sm.ts';
 import { archiveId, archivedOwnIds, fillGap, hasArchive } from './gap-fill.ts';
@@ -77,7 +77,7 @@ const NS_CSI = 'urn:xmpp:csi:0';
  * - `element` (el: TopLevel): a top-level element from the server.
  * - `confirmed` (counted: number): more client stanzas reached the server (`counted` of them
  *   count in XEP-0198 `h`).
- * - `down` (reason: string): the link dropped; reconnecting.
+ * - `down` (reason: string, kind: LinkEndKind): the link dropped; reconnecting.
  * - `up` ({ downMs: number, resumed: boolean }): a replacement link is bound and the state
  *   replayed, `downMs` after the drop; `resumed` when the server's own XEP-0198 session was resumed.
  * - `failed` (reason: string, kind: UpstreamFailure, condition?: string): giving up; for
@@ -297,7 +297,7 @@ export class Upstream extends EventEmitter {
       // A link that dies soon after it came up keeps the backoff growing (no login storm).
       if (this.#downSince - this.#upSince >= STABLE_LINK_MS) this.#nextDelayMs = this.#deps.reconnect.initialDelayMs;
       if (this.#archive !== false) this.#idsSinceDrop ??= new Set();
-      this.emit('down', reason);
+      this.emit('down', reason, how.kind);
       this.#own(this.#reconnect(), 'reconnecting upstream');
     });
   }
