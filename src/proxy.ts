@@ -17,6 +17,12 @@ import { SessionManager } from './session/manager.ts';
 import { HeldMessages } from './session/held-messages.ts';
 import { StreamError } from './xml/stream-error.ts';
 
+/**
+ * At shutdown, how long sessions wait for their clients' last acks and the server's custody
+ * confirmations (ms) before they end: well within the 10 s a SIGTERM leaves (process-guard.ts).
+ */
+const SHUTDOWN_ACK_WAIT_MS = 3000;
+
 /** A running proxy. */
 export interface Proxy {
   /** The bound listener addresses (ports resolved when 0 was asked), STARTTLS then direct TLS. */
@@ -171,8 +177,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       // server.close() waits for open connections: stop accepting, end the streams, then wait.
       const closed = Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
       gate.close();
-      for (const client of [...clients]) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
-      manager.endAll('shutdown', 'the proxy is shutting down');
+      for (const client of [...clients]) if (!client.established) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
+      await manager.shutdown(SHUTDOWN_ACK_WAIT_MS);
       // Peers get a moment to close their side; then their sockets go.
       const grace = new Promise((resolve) => setTimeout(resolve, 1000).unref());
       await Promise.race([closed, grace]);

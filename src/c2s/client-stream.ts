@@ -173,6 +173,11 @@ export class ClientStream extends EventEmitter {
     return this.#stream.closed;
   }
 
+  /** True once a session owns the stream (bound or resumed). */
+  get established(): boolean {
+    return this.#state === 'established';
+  }
+
   /**
    * The stream error the proxy itself closed this stream with (its first {@link fail}), undefined
    * when it did not: the client left, vanished, or was closed without an error. A session can

@@ -173,4 +173,12 @@ export class SessionManager {
   endAll(cause: EndCause, detail?: string): void {
     for (const session of [...this.#sessions]) session.end(cause, detail);
   }
+
+  /**
+   * The proxy is stopping: every session gets its last acks (at most `waitMs` ms, all in
+   * parallel) and ends with cause `shutdown` (Session.shutdown).
+   */
+  async shutdown(waitMs: number): Promise<void> {
+    await Promise.all([...this.#sessions].map((session) => session.shutdown(waitMs)));
+  }
 }

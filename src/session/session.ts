@@ -106,6 +106,7 @@ export class Session extends EventEmitter {
   /** When the client vanished (ms since the epoch), while hibernating. */
   #hibernatedAt = 0;
   #ended = false;
+  #endCause: EndCause | undefined;
   /** Whether the client sent its initial presence (held messages follow it, RFC 6121 §4.2). */
   #available = false;
   /** Bumped by every resume: of several in flight, only the latest may attach. */
@@ -542,6 +543,48 @@ export class Session extends EventEmitter {
   }
 
   /**
+   * The proxy is stopping (SIGTERM, design §4.8): an attached client is read no more, asked for
+   * a last ack (its `<a/>` spares it re-sent messages after the restart) and given the final
+   * `h` once the server confirmed what it sent (so it re-sends nothing the server has); then it
+   * gets the `system-shutdown` stream error and the session ends with cause `shutdown`, its
+   * unacked messages held for the account's next login (design §4.3, every session counting as
+   * the account's last: none of them stays).
+   * @param waitMs longest wait for the client's ack and the server's confirmation (ms).
+   */
+  async shutdown(waitMs: number): Promise<void> {
+    const client = this.#client;
+    if (client && !client.closed && !this.#ended) {
+      client.pauseReading();
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)));
+      await Promise.race([this.#lastAcks(client), timeout]);
+      clearTimeout(timer);
+      if (this.#client === client && !this.#ended) {
+        if (this.sm.enabled) client.write(`<a xmlns='${NS.sm}' h='${this.sm.inbound}'/>`);
+        client.fail(new StreamError('system-shutdown', 'the proxy is restarting'));
+      }
+    }
+    this.end('shutdown', 'the proxy is shutting down');
+  }
+
+  /** Until the client acked its queue and the server confirmed the client's stanzas. */
+  async #lastAcks(client: ClientStream): Promise<void> {
+    const acked = new Promise<void>((resolve) => {
+      if (!this.sm.enabled || this.sm.queue.length === 0) return resolve();
+      const check = (): void => {
+        if (this.sm.queue.length > 0 && !client.closed) return;
+        this.sm.off('acked', check);
+        resolve();
+      };
+      this.sm.on('acked', check);
+      client.once('close', check);
+      this.sm.requestAck();
+    });
+    const confirmed = this.#upstream.linked ? this.#upstream.custody.settled() : Promise.resolve(false);
+    await Promise.all([acked, confirmed]);
+  }
+
+  /**
    * Ends the session (hibernation timeout, overflow, clean close, upstream loss, shutdown):
    * forgets the resumption id (remembering `h`), settles the unacked stanzas the mod_smacks way
    * (design §4.3) and closes the upstream session with an unavailable presence.
@@ -550,14 +593,14 @@ export class Session extends EventEmitter {
    */
   end(cause: EndCause, detail: string = cause): void {
     if (this.#ended) return;
-    const counts = this.#settleAll([...this.#handedOver, ...this.sm.queue.drain()]);
+    const last = cause === 'shutdown' || this.#deps.isLastSession(this);
+    const counts = this.#settleAll([...this.#handedOver, ...this.sm.queue.drain()], last);
     this.#handedOver = [];
     this.#finish(cause, detail, `<presence type='unavailable'/>`, counts);
   }
 
   /** Settles stanzas of an ending session the mod_smacks way (design §4.3); returns the counts. */
-  #settleAll(stanzas: QueuedStanza[]): SettleCounts {
-    const last = this.#deps.isLastSession(this);
+  #settleAll(stanzas: QueuedStanza[], last = this.#deps.isLastSession(this)): SettleCounts {
     const counts = { archived: 0, hold: 0, bounce: 0, drop: 0 };
     for (const stanza of stanzas) {
       const outcome = settle(stanza, this.bareJid, last);
@@ -575,6 +618,7 @@ export class Session extends EventEmitter {
   #finish(cause: EndCause, detail: string, last?: string, settled?: SettleCounts): void {
     const hibernating = this.#hibernatedAt !== 0;
     this.#ended = true;
+    this.#endCause = cause;
     clearTimeout(this.#hibernationTimer);
     if (this.#resumeId) {
       this.#deps.registry.remove(this.#resumeId, this, this.sm.inbound, this.sm.overflowed ? 'resource-constraint' : undefined);
@@ -589,7 +633,7 @@ export class Session extends EventEmitter {
   /** A stanza the server sent after the session ended: hold it when it is a chat message. */
   #settleLate(el: TopLevel): void {
     const stanza = { xml: el.raw, receivedAt: Date.now() };
-    const outcome = settle(stanza, this.bareJid, this.#deps.isLastSession(this));
+    const outcome = settle(stanza, this.bareJid, this.#endCause === 'shutdown' || this.#deps.isLastSession(this));
     if (outcome.action === 'hold') this.#hold(stanza);
   }
 
