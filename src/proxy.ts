@@ -87,6 +87,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       },
       serverAcks: config.upstream.streamManagement,
       maxCustodyBytes: config.upstream.maxCustodyBytes,
+      gapFill: { pageSize: config.upstream.gapFillPageSize, maxPasses: config.upstream.gapFillMaxPasses },
     },
     isLastSession: (session) => (byAccount.get(session.bareJid)?.size ?? 0) <= 1,
     log,
@@ -201,7 +202,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       for (const client of [...clients]) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
       for (const session of [...sessions]) session.end('proxy shutting down');
       // Peers get a moment to close their side; then their sockets go.
-      const grace = new Promise((resolve) => setTimeout(resolve, 1000).unref());
+      const grace = new Promise((resolve) => setTimeout(resolve, config.shutdown.closeGraceMs).unref());
       await Promise.race([closed, grace]);
       for (const client of [...clients]) client.destroy();
       await closed;
