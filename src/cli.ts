@@ -7,20 +7,21 @@
  * codes, the logger, starting the proxy and stopping it on SIGINT/SIGTERM.
  *
  * Exit codes: 0 (ran and stopped on a signal, `--print-config`, `--help`, `--version`);
- * 2 (configuration or usage error); 1 (the proxy failed to start, or to close within 10 s of the
- * signal, or a second signal came first).
+ * 2 (configuration or usage error); 1 (the proxy failed to start, or to close within
+ * `shutdown.timeoutSeconds` (10 s) of the signal, or a second signal came first).
  */
 import { readFileSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError } from 'commander';
-import type { Config } from './config/config.ts';
+import { DEFAULTS, type Config } from './config/config.ts';
 import {
   buildConfig,
   ConfigError,
-  envLayer,
+  ConfigLayer,
+  configFileLayer,
+  envConfigLayer,
   PKCS12_PASSWORD_ENV,
-  readConfigFile,
 } from './config/load.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { Proxy } from './proxy.ts';
@@ -43,6 +44,8 @@ export const FLAG_FOR_KEY: Readonly<Record<string, string>> = {
   'sm.hibernationSeconds': '--hibernation',
   'sm.maxQueueSize': '--max-queue',
   'limits.maxStanzaBytes': '--max-stanza-bytes',
+  'storage.dataDir': '--data-dir',
+  'metrics.listen': '--metrics',
   'log.level': '--log-level',
 };
 
@@ -70,6 +73,8 @@ interface Options {
   hibernation?: number | string;
   maxQueue?: number | string;
   maxStanzaBytes?: number | string;
+  dataDir?: string;
+  metrics?: string;
   logLevel?: string;
   printConfig?: boolean;
 }
@@ -92,6 +97,12 @@ function version(): string {
   }
 }
 
+const D = DEFAULTS;
+
+function addresses(list: readonly { host: string; port: number }[]): string {
+  return list.length === 0 ? 'none' : list.map((a) => (a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`)).join(' ');
+}
+
 function program(): Command {
   return new Command('xmpp-sm-proxy')
     .description(
@@ -100,12 +111,12 @@ function program(): Command {
     .version(version(), '-V, --version')
     .option('-c, --config <file>', 'config file (.json, .yaml, .yml); flags override it')
     .option('-d, --domain <domain...>', 'XMPP domain(s) served (domains; required)')
-    .option('--upstream <host:port>', 'the legacy server\'s c2s address (default 127.0.0.1:15222)')
-    .option('--upstream-tls <auto|required|none>', 'STARTTLS towards the upstream (default auto)')
+    .option('--upstream <host:port>', `the legacy server's c2s address (default ${D.upstream.host}:${D.upstream.port})`)
+    .option('--upstream-tls <auto|required|none>', `STARTTLS towards the upstream (default ${D.upstream.tls})`)
     .option('--upstream-ca <file>', 'PEM CA file trusted for the upstream certificate')
     .option('--upstream-accept-self-signed', 'accept any upstream certificate')
-    .option('--listen <host:port...>', 'STARTTLS listeners, "none" disables (default 0.0.0.0:5222)')
-    .option('--listen-tls <host:port...>', 'direct TLS listeners, "none" disables (default 0.0.0.0:5223)')
+    .option('--listen <host:port...>', `STARTTLS listeners, "none" disables (default ${addresses(D.listen.starttls)})`)
+    .option('--listen-tls <host:port...>', `direct TLS listeners, "none" disables (default ${addresses(D.listen.directTls)})`)
     .option('--cert <file>', 'PEM certificate (chain) file; needs --key')
     .option('--key <file>', 'PEM private key file; needs --cert')
     .option('--pkcs12 <file>', 'PKCS#12 keystore (instead of --cert/--key)')
@@ -113,10 +124,15 @@ function program(): Command {
       '--pkcs12-password <pw>',
       `PKCS#12 password (visible in the process list: prefer ${PKCS12_PASSWORD_ENV})`,
     )
-    .option('--hibernation <seconds>', 'keep a vanished client\'s session this long (default 600)', integerArg)
-    .option('--max-queue <n>', 'unacked stanzas per session before it is unresumable (default 500)', integerArg)
-    .option('--max-stanza-bytes <n>', 'largest stanza accepted from a client (default 262144)', integerArg)
-    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent (default info)')
+    .option('--hibernation <seconds>', `keep a vanished client's session this long (default ${D.sm.hibernationSeconds})`, integerArg)
+    .option('--max-queue <n>', `unacked stanzas per session before it is unresumable (default ${D.sm.maxQueueSize})`, integerArg)
+    .option('--max-stanza-bytes <n>', `largest stanza accepted from a client (default ${D.limits.maxStanzaBytes})`, integerArg)
+    .option('--data-dir <dir>', `folder of the durable store (default ${D.storage.dataDir})`)
+    .option(
+      '--metrics <host:port|none>',
+      `metrics and health endpoint, no authentication: keep it on loopback (default ${addresses(D.metrics.listen ? [D.metrics.listen] : [])})`,
+    )
+    .option('--log-level <level>', `fatal, error, warn, info, debug, trace or silent (default ${D.log.level})`)
     .option('--print-config', 'print the effective configuration as JSON and exit')
     .exitOverride()
     .allowExcessArguments(false);
@@ -164,26 +180,20 @@ function cliLayer(o: Options): Record<string, unknown> {
     },
     sm: { hibernationSeconds: o.hibernation, maxQueueSize: o.maxQueue },
     limits: { maxStanzaBytes: o.maxStanzaBytes },
+    storage: { dataDir: file(o.dataDir) },
+    // A string ("host:port", "none") parsed by buildConfig like a listen address.
+    metrics: { listen: o.metrics },
     log: { level: o.logLevel },
   };
-}
-
-/** Whether `layer` sets the dotted `key` (to something other than undefined/null). */
-function has(layer: unknown, key: string): boolean {
-  let v: unknown = layer;
-  for (const part of key.split('.')) {
-    if (v === null || typeof v !== 'object') return false;
-    v = (v as Record<string, unknown>)[part];
-  }
-  return v !== undefined && v !== null;
 }
 
 /**
  * Reads the command line into a validated Config. `args` are the user's arguments only
  * (`process.argv.slice(2)`), e.g. `['-d', 'example.org', '--hibernation', '300']`.
  * Reads the `--config` file and `XMPP_SM_PROXY_PKCS12_PASSWORD` from `env`.
- * @throws ConfigError for a bad value; when a flag, the environment or the file set it, the
- *   message says so: `config: sm.hibernationSeconds must be a non-negative ... (got "abc") (from --hibernation)`.
+ * @throws ConfigError for a bad value; the message names the key and where its value came from:
+ *   `config: sm.hibernationSeconds must be a non-negative ... (got "abc") (from --hibernation)`,
+ *   `... in /etc/xmpp-sm-proxy/config.yaml`, `... (from the environment: XMPP_SM_PROXY_PKCS12_PASSWORD)`.
  * @throws CommanderError for usage errors (unknown option, missing option argument; commander
  *   has already written its message to stderr) and for `--help`/`--version` (exitCode 0).
  */
@@ -191,23 +201,9 @@ export function parseCommandLine(args: string[], env: NodeJS.ProcessEnv = proces
   const cmd = program();
   cmd.parse(args, { from: 'user' });
   const o = cmd.opts<Options>();
-  const file = o.config === undefined ? undefined : readConfigFile(o.config);
-  const fromEnv = envLayer(env);
-  const cli = cliLayer(o);
-  try {
-    return { config: buildConfig(file, fromEnv, cli), printConfig: o.printConfig === true };
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    // "listen.starttls[1]" and "listen.starttls[1].port" come from the listen.starttls value.
-    const key = err.key.replace(/\[\d+\].*$/, '');
-    const flag = FLAG_FOR_KEY[key];
-    let origin: string | undefined;
-    if (flag !== undefined && has(cli, key)) origin = flag;
-    else if (has(fromEnv, key)) origin = PKCS12_PASSWORD_ENV;
-    else if (file !== undefined && has(file, key)) origin = o.config;
-    if (origin === undefined) throw err;
-    throw new ConfigError(err.key, `${err.message} (from ${origin})`);
-  }
+  const file = o.config === undefined ? undefined : configFileLayer(o.config);
+  const cli = new ConfigLayer(cliLayer(o), (key) => `(from ${FLAG_FOR_KEY[key] ?? 'the command line'})`);
+  return { config: buildConfig(file, envConfigLayer(env), cli), printConfig: o.printConfig === true };
 }
 
 /** {@link parseCommandLine}, returning only the Config. `args` exclude node and the script. */
@@ -228,7 +224,7 @@ export function formatConfig(config: Config): string {
  * Runs the command. `argv` is `process.argv` (node, script, then the arguments).
  * Sets `process.exitCode` (2 on a configuration or usage error, after printing
  * `xmpp-sm-proxy: <message>` to stderr) instead of exiting, except after a signal: then it closes
- * the proxy and exits 0 (1 if closing failed or took longer than SHUTDOWN_DEADLINE_MS, 10 s;
+ * the proxy and exits 0 (1 if closing failed or took longer than `shutdown.timeoutSeconds`, 10 s;
  * a second signal exits 1 at once). SIGHUP reloads the TLS certificate (see reloadOnHangup).
  * Once the proxy runs, an uncaught exception or unhandled rejection is logged and does not end
  * the process (see installCrashGuard).
@@ -265,9 +261,10 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   reloadOnHangup(argv, proxy, log);
-  // Exits within SHUTDOWN_DEADLINE_MS whatever state the sessions and stdout are in.
+  // Exits within shutdown.timeoutSeconds whatever state the sessions and stdout are in.
   exitOnSignals({
     log,
+    deadlineMs: cl.config.shutdown.timeoutSeconds * 1000,
     stop: async () => {
       await proxy.close();
       log.info('stopped');

@@ -3,10 +3,14 @@
  * (`scripts/demo.ts`): a last-resort handler for errors nobody caught, and shutdown on
  * SIGINT/SIGTERM that always ends the process within a bounded time.
  */
+import { DEFAULTS } from './config/config.ts';
 import { stdoutSink, type LineSink, type Logger } from './log.ts';
 
-/** How long a shutdown may take before the process exits anyway (exit code 1). */
-export const SHUTDOWN_DEADLINE_MS = 10_000;
+/**
+ * How long a shutdown may take before the process exits anyway (exit code 1), unless the caller
+ * gives its own deadline: the default of the config's `shutdown.timeoutSeconds` (10 s), in ms.
+ */
+export const SHUTDOWN_DEADLINE_MS = DEFAULTS.shutdown.timeoutSeconds * 1000;
 /** At most this long is spent writing queued log lines out before exiting. */
 const DRAIN_MS = 1_000;
 

@@ -99,6 +99,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       },
       serverAcks: config.upstream.streamManagement,
       maxCustodyBytes: config.upstream.maxCustodyBytes,
+      gapFill: { pageSize: config.upstream.gapFillPageSize, maxPasses: config.upstream.gapFillMaxPasses },
     },
     log,
   });
@@ -180,7 +181,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       for (const client of [...clients]) if (!client.established) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
       await manager.shutdown(SHUTDOWN_ACK_WAIT_MS);
       // Peers get a moment to close their side; then their sockets go.
-      const grace = new Promise((resolve) => setTimeout(resolve, 1000).unref());
+      const grace = new Promise((resolve) => setTimeout(resolve, config.shutdown.closeGraceMs).unref());
       await Promise.race([closed, grace]);
       for (const client of [...clients]) client.destroy();
       await closed;

@@ -19,12 +19,22 @@ import { parsePlain } from './sasl-plain.ts';
 import type { Admission } from './connection-gate.ts';
 import type { AuthThrottle } from './auth-throttle.ts';
 
+/** A client stream's limits: the config's `limits` section (these keys of it). */
+export interface ClientLimits extends StreamLimits {
+  /** SASL failures on one connection before its stream is closed (RFC 6120 §6.4.5 lets the server limit retries). */
+  maxAuthAttempts: number;
+  /** Elements a client may pipeline behind its `<resume/>` before the answer (XEP-0198 §5). */
+  maxPipelined: number;
+  /** After the proxy closes the stream, the client has this long to close its side (seconds). */
+  closeGraceSeconds: number;
+}
+
 /** What a client stream needs from the rest of the proxy, passed in by name. */
 export interface ClientStreamDeps {
   /** Domains served (lowercase). */
   domains: ReadonlySet<string>;
   secureContext: tls.SecureContext;
-  limits: StreamLimits;
+  limits: ClientLimits;
   log: Logger;
   /**
    * TLS, SASL and resource binding (or resumption) must be done this long after the TCP accept
@@ -77,12 +87,6 @@ export interface ClientStreamDeps {
 }
 
 type State = 'pre-tls' | 'sasl' | 'authenticating' | 'authenticated' | 'resuming' | 'binding' | 'established' | 'closed';
-
-/** Elements a client may pipeline behind its `<resume/>` before the answer (XEP-0198 §5). */
-const MAX_PIPELINED = 100;
-
-/** SASL failures allowed before the stream is closed (RFC 6120 §6.4.5 lets the server limit retries). */
-const MAX_AUTH_ATTEMPTS = 3;
 
 /**
  * One client's c2s stream from TCP accept to the end of negotiation (RFC 6120 §4–§7): stream
@@ -150,7 +154,7 @@ export class ClientStream extends EventEmitter {
     this.log = deps.log.child({ remote: `${socket.remoteAddress}:${socket.remotePort}` });
     this.#state = direct ? 'sasl' : 'pre-tls';
     socket.setNoDelay(true);
-    this.#stream = new XmlStream(socket, deps.limits);
+    this.#stream = new XmlStream(socket, deps.limits, deps.limits.closeGraceSeconds * 1000);
     this.#stream.on('start', (attrs: Record<string, string>) => this.#onHeader(attrs));
     this.#stream.on('element', (el: TopLevel) => this.#onElement(el));
     this.#stream.on('streamError', (err: StreamError) => this.fail(err));
@@ -373,7 +377,7 @@ export class ClientStream extends EventEmitter {
       }
       case 'resuming':
         // One outcome at a time: a second <resume/> or a bind waits for the first answer.
-        if (this.#pipelined.push(el) > MAX_PIPELINED) this.fail(new StreamError('policy-violation', 'too much sent before the resume was answered'));
+        if (this.#pipelined.push(el) > this.#deps.limits.maxPipelined) this.fail(new StreamError('policy-violation', 'too much sent before the resume was answered'));
         return;
       case 'pre-tls':
         if (el.is('starttls', NS.tls)) return this.#own(this.#startTls(), 'during STARTTLS');
@@ -512,7 +516,7 @@ export class ClientStream extends EventEmitter {
     this.#deps.loginResult?.(condition);
     const textEl = text ? `<text xml:lang='en'>${text}</text>` : '';
     this.#stream.write(`<failure xmlns='${NS.sasl}'><${condition}/>${textEl}</failure>`);
-    if (++this.#authAttempts >= MAX_AUTH_ATTEMPTS) {
+    if (++this.#authAttempts >= this.#deps.limits.maxAuthAttempts) {
       this.fail(new StreamError('policy-violation', 'too many failed authentication attempts'));
     }
   }

@@ -3,20 +3,24 @@
  *
  * Sources, later wins: {@link DEFAULTS} < config file ({@link readConfigFile}) < environment
  * ({@link envLayer}) < CLI flags (`cli.ts`). Each source is a *layer*: a partial object in the
- * shape of {@link Config}. {@link buildConfig} merges the layers and validates the result into
- * one frozen `Config`. Every problem is reported as a {@link ConfigError} that names the key.
+ * shape of {@link Config}, optionally wrapped in a {@link ConfigLayer} that says where it came
+ * from. {@link buildConfig} merges the layers and validates the result with the zod
+ * {@link ConfigSchema} into one frozen `Config`. Every problem is reported as a
+ * {@link ConfigError} that names the key and, when known, the layer that set it.
  */
-import { accessSync, constants as fsConstants, readFileSync, statSync } from 'node:fs';
-import { isIPv6 } from 'node:net';
+import { readFileSync } from 'node:fs';
 import { dirname, extname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { DEFAULTS, type Config, type ListenAddress, type UpstreamTlsMode } from './config.ts';
+import { z } from 'zod';
+import { ConfigSchema, DEFAULTS, listenSpec, type Config, type ListenAddress } from './config.ts';
+
+export { LOG_LEVELS, MAX_SECONDS } from './config.ts';
 
 /**
  * A configuration problem. `key` is the dotted config path of the offending value
  * (`"sm.hibernationSeconds"`, `"listen.starttls[1]"`, `"domains"`; `"config"` for the file
- * itself), and the message always names it, e.g.
- * `config: sm.hibernationSeconds must be a non-negative integer (got "abc")`.
+ * itself), and the message always names it, plus the layer the value came from when known, e.g.
+ * `config: sm.hibernationSeconds must be a non-negative integer (seconds, at most 2147483) (got "abc") in /etc/x.yaml`.
  */
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -27,30 +31,94 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * A layer for {@link buildConfig} with its origin. `source` is appended to the messages of the
+ * errors about keys this layer set: a text (`"in /etc/x.yaml"`, `"(from the environment)"`) or a
+ * function of the dotted key without list indices (`"listen.starttls"` → `"(from --listen)"`).
+ */
+export class ConfigLayer {
+  constructor(
+    readonly values: unknown,
+    readonly source: string | ((key: string) => string),
+  ) {}
+}
+
 /** Name of the environment variable that may supply `tls.pkcs12Password`. */
 export const PKCS12_PASSWORD_ENV = 'XMPP_SM_PROXY_PKCS12_PASSWORD';
 
-/** pino's levels, the allowed values of `log.level`. */
-export const LOG_LEVELS: readonly Config['log']['level'][] = [
-  'fatal',
-  'error',
-  'warn',
-  'info',
-  'debug',
-  'trace',
-  'silent',
-];
+// ---------------------------------------------------------------------------------------------
+// Walking the schema (for the merge, unknown-key messages and the key list)
 
-const UPSTREAM_TLS_MODES: readonly UpstreamTlsMode[] = ['auto', 'required', 'none'];
+/** The schema under wrappers that do not change a value's shape (defaults, optional, pipes). */
+function unwrap(schema: z.core.$ZodType): z.core.$ZodType {
+  for (;;) {
+    if (schema instanceof z.ZodDefault || schema instanceof z.ZodPrefault || schema instanceof z.ZodOptional || schema instanceof z.ZodNullable) {
+      schema = schema.def.innerType;
+    } else if (schema instanceof z.ZodPipe) {
+      // preprocess: transform → schema; .transform: schema → transform.
+      schema = schema.def.in instanceof z.ZodTransform ? schema.def.out : schema.def.in;
+    } else return schema;
+  }
+}
 
-/**
- * Largest value allowed for a `...Seconds` key: Node timers overflow above 2^31-1 ms (about
- * 24.8 days) and then fire at once, which would turn a long hibernation into none at all.
- */
-export const MAX_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+/** The schema at `path` (string keys and list indices), or undefined past the known keys. */
+function schemaAt(path: readonly PropertyKey[]): z.core.$ZodType | undefined {
+  let node: z.core.$ZodType | undefined = ConfigSchema;
+  for (const part of path) {
+    const s: z.core.$ZodType | undefined = node === undefined ? undefined : unwrap(node);
+    if (s instanceof z.ZodObject && typeof part === 'string') node = Object.hasOwn(s.shape, part) ? s.shape[part] : undefined;
+    else if (s instanceof z.ZodArray && typeof part === 'number') node = s.element;
+    else return undefined;
+  }
+  return node;
+}
+
+function shapeOf(schema: z.core.$ZodType | undefined): Record<string, z.core.$ZodType> | undefined {
+  const s = schema === undefined ? undefined : unwrap(schema);
+  return s instanceof z.ZodObject ? s.shape : undefined;
+}
+
+/** One key of the schema, for docs and tests. */
+export interface ConfigKey {
+  /** Dotted path, e.g. `"sm.hibernationSeconds"`. */
+  key: string;
+  /** The key's documentation (with its unit). */
+  description: string | undefined;
+  /** Its default (undefined for optional keys and `domains`). */
+  default: unknown;
+  /** A file or folder path, resolved against the config file's folder when relative. */
+  path: boolean;
+}
+
+/** Every key of the configuration (sections expanded), in declaration order. */
+export function configKeys(): ConfigKey[] {
+  const out: ConfigKey[] = [];
+  const walk = (shape: Record<string, z.core.$ZodType>, prefix: string): void => {
+    for (const [name, schema] of Object.entries(shape)) {
+      const key = prefix ? `${prefix}.${name}` : name;
+      const sub = shapeOf(schema);
+      // A section (its fields are the keys); a {host, port} value is a leaf.
+      if (sub !== undefined && prefix === '') {
+        walk(sub, key);
+        continue;
+      }
+      const meta = z.globalRegistry.get(schema);
+      const parts = key.split('.');
+      const def = parts.reduce<unknown>((v, p) => (v as Record<string, unknown> | undefined)?.[p], DEFAULTS);
+      out.push({ key, description: meta?.description, default: key === 'domains' ? undefined : def, path: meta?.path === true });
+    }
+  };
+  walk(ConfigSchema.shape, '');
+  return out;
+}
+
+/** Config keys holding file or folder paths (relative ones in a config file resolve against its folder). */
+export const PATH_KEYS: readonly string[] = configKeys()
+  .filter((k) => k.path)
+  .map((k) => k.key);
 
 // ---------------------------------------------------------------------------------------------
-// Small helpers
+// Merging
 
 /** A short, quoted rendering of a bad value for error messages. */
 function show(value: unknown): string {
@@ -66,253 +134,108 @@ function show(value: unknown): string {
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
-function fail(key: string, what: string, value: unknown): never {
-  throw new ConfigError(key, `config: ${key} must be ${what} (got ${show(value)})`);
-}
-
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   if (v === null || typeof v !== 'object' || Array.isArray(v)) return false;
   const proto = Object.getPrototypeOf(v);
   return proto === Object.prototype || proto === null;
 }
 
-function join(prefix: string, key: string): string {
-  return prefix ? `${prefix}.${key}` : key;
+type Source = ConfigLayer['source'];
+
+/**
+ * Merges `layer` into `into` (a fresh object): sections (mappings in the schema) key by key, every
+ * other value replaces; `undefined` is skipped; `null` removes the key, so the schema's default
+ * applies. Records in `origins` which source set each key (dotted, no list indices). Unknown keys
+ * are copied as they are: the schema rejects them, naming this layer.
+ */
+function mergeInto(
+  into: Record<string, unknown>,
+  layer: Record<string, unknown>,
+  prefix: string,
+  origins: Map<string, Source | undefined>,
+  source: Source | undefined,
+): void {
+  const shape = shapeOf(schemaAt(prefix === '' ? [] : prefix.split('.')));
+  for (const [k, v] of Object.entries(layer)) {
+    if (v === undefined) continue;
+    const key = prefix ? `${prefix}.${k}` : k;
+    const isSection = prefix === '' && shape !== undefined && Object.hasOwn(shape, k) && shapeOf(shape[k]) !== undefined;
+    if (isSection && isPlainObject(v)) {
+      const sec = isPlainObject(into[k]) ? { ...into[k] } : {};
+      origins.delete(key); // an earlier non-mapping value of the section is gone
+      into[k] = sec;
+      mergeInto(sec, v, key, origins, source);
+      continue;
+    }
+    // Replaced or reset: what earlier layers set here (and under it) is gone.
+    for (const o of [...origins.keys()]) if (o === key || o.startsWith(`${key}.`)) origins.delete(o);
+    if (v === null) delete into[k];
+    else {
+      into[k] = v;
+      origins.set(key, source);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Leaf validators. Each takes the merged value and its key and returns the normalized value
-// or throws ConfigError.
+// Errors
 
-type Validator<T> = (value: unknown, key: string) => T;
-
-function integer(min: number, max: number, what: string): Validator<number> {
-  return (value, key) => {
-    if (typeof value !== 'number' || !Number.isSafeInteger(value)) fail(key, what, value);
-    if (value < min || value > max) fail(key, what, value);
-    return value;
-  };
+function originText(source: Source | undefined, key: string): string {
+  if (source === undefined) return '';
+  return ` ${typeof source === 'string' ? source : source(key)}`;
 }
 
-const nonNegative = integer(0, Number.MAX_SAFE_INTEGER, 'a non-negative integer');
-const seconds = (min: 0 | 1): Validator<number> =>
-  integer(
-    min,
-    MAX_SECONDS,
-    `a ${min === 0 ? 'non-negative' : 'positive'} integer (seconds, at most ${MAX_SECONDS})`,
-  );
-const atLeast = (min: number): Validator<number> =>
-  integer(min, Number.MAX_SAFE_INTEGER, `an integer >= ${min}`);
-const port = integer(1, 65535, 'a port number (integer 1..65535)');
-
-const boolean: Validator<boolean> = (value, key) => {
-  if (typeof value !== 'boolean') fail(key, 'true or false', value);
-  return value;
-};
-
-function oneOf<T extends string>(allowed: readonly T[]): Validator<T> {
-  return (value, key) => {
-    if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
-      fail(key, `one of ${allowed.join(', ')}`, value);
-    }
-    return value as T;
-  };
-}
-
-const hostname: Validator<string> = (value, key) => {
-  if (typeof value !== 'string' || value === '' || /\s/.test(value)) {
-    fail(key, 'a host name or IP address', value);
+/** The layer that set `path` (its deepest recorded prefix), as message text ("" if none did). */
+function originOf(path: readonly PropertyKey[], origins: Map<string, Source | undefined>): string {
+  let found = '';
+  let key = '';
+  for (const part of path) {
+    if (typeof part !== 'string') break;
+    key = key ? `${key}.${part}` : part;
+    if (origins.has(key)) found = originText(origins.get(key), key);
   }
-  return value;
-};
-
-/** A readable regular file; returns the path unchanged. */
-const readableFile: Validator<string | undefined> = (value, key) => {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'string' || value === '') fail(key, 'a file path', value);
-  try {
-    if (!statSync(value).isFile()) {
-      throw new ConfigError(key, `config: ${key}: "${value}" is not a regular file`);
-    }
-    accessSync(value, fsConstants.R_OK);
-  } catch (err) {
-    if (err instanceof ConfigError) throw err;
-    const code = (err as NodeJS.ErrnoException).code ?? String(err);
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code;
-    throw new ConfigError(key, `config: ${key}: cannot read "${value}" (${why})`);
-  }
-  return value;
-};
-
-const optionalString: Validator<string | undefined> = (value, key) => {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'string') fail(key, 'a string', value);
-  return value;
-};
-
-const DOMAIN_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
-
-const domains: Validator<string[]> = (value, key) => {
-  if (!Array.isArray(value)) fail(key, 'a list of domain names', value);
-  if (value.length === 0) {
-    throw new ConfigError(key, 'config: domains is required (the XMPP domain the proxy serves)');
-  }
-  const seen = new Set<string>();
-  return value.map((d, i) => {
-    const k = `${key}[${i}]`;
-    if (typeof d !== 'string') fail(k, 'a domain name', d);
-    if (d !== d.toLowerCase()) fail(k, 'a lowercase domain name', d);
-    const labels = d.split('.');
-    if (d.length > 253 || !labels.every((l) => DOMAIN_LABEL.test(l))) {
-      fail(k, 'a valid domain name (ASCII letters, digits, "-"; IDNs in xn-- form)', d);
-    }
-    if (seen.has(d)) fail(k, 'listed once only', d);
-    seen.add(d);
-    return d;
-  });
-};
-
-const listenAddress = (value: unknown, key: string): ListenAddress | null => {
-  if (typeof value === 'string') return parseListen(value, key);
-  if (!isPlainObject(value)) fail(key, 'a "host:port" string or a {host, port} mapping', value);
-  for (const k of Object.keys(value)) {
-    if (k !== 'host' && k !== 'port') {
-      throw new ConfigError(
-        `${key}.${k}`,
-        `config: unknown key "${key}.${k}" (known keys: host, port)`,
-      );
-    }
-  }
-  return { host: hostname(value.host, `${key}.host`), port: port(value.port, `${key}.port`) };
-};
-
-/** A list of listeners: an array of specs or mappings, or one spec string ("none" → []). */
-const listenList: Validator<ListenAddress[]> = (value, key) => {
-  const items = typeof value === 'string' ? [value] : value;
-  if (!Array.isArray(items)) fail(key, 'a list of "host:port" listen addresses', value);
-  const out: ListenAddress[] = [];
-  items.forEach((item, i) => {
-    const k = typeof value === 'string' ? key : `${key}[${i}]`;
-    const addr = listenAddress(item, k);
-    if (addr === null) {
-      if (items.length > 1) {
-        throw new ConfigError(k, `config: ${k}: "none" cannot be combined with addresses`);
-      }
-    } else out.push(addr);
-  });
-  return out;
-};
-
-// ---------------------------------------------------------------------------------------------
-// The schema: every known key with its validator. Its type is derived from Config, so adding a
-// key to Config without adding it here is a type error.
-
-type Schema<T> = {
-  [K in keyof T]-?: NonNullable<T[K]> extends readonly unknown[]
-    ? Validator<T[K]>
-    : NonNullable<T[K]> extends object
-      ? Schema<NonNullable<T[K]>>
-      : Validator<T[K]>;
-};
-
-const SCHEMA: Schema<Config> = {
-  domains,
-  upstream: {
-    host: hostname,
-    port,
-    tls: oneOf(UPSTREAM_TLS_MODES),
-    caFile: readableFile,
-    acceptSelfSigned: boolean,
-    connectTimeoutSeconds: seconds(1),
-    keepaliveSeconds: seconds(1),
-    pingTimeoutSeconds: seconds(1),
-    reconnectDelayMs: atLeast(1),
-    reconnectMaxDelaySeconds: seconds(1),
-    reconnectGiveUpSeconds: seconds(1),
-    maxConcurrentLogins: atLeast(1),
-    streamManagement: boolean,
-    credentialCacheSeconds: seconds(0),
-    duplicateWindow: nonNegative,
-    maxCustodyBytes: atLeast(1024),
-  },
-  listen: {
-    starttls: listenList,
-    directTls: listenList,
-  },
-  tls: {
-    certFile: readableFile,
-    keyFile: readableFile,
-    pkcs12File: readableFile,
-    pkcs12Password: optionalString,
-  },
-  sm: {
-    hibernationSeconds: seconds(0),
-    maxUnackedStanzas: nonNegative,
-    maxQueueSize: atLeast(1),
-    maxAckDelaySeconds: seconds(0),
-    maxOldSessions: nonNegative,
-    maxHeldMessages: nonNegative,
-    heldMessagesTtlSeconds: seconds(1),
-    maxHeldBytes: nonNegative,
-    maxQueueBytes: atLeast(1024),
-  },
-  limits: {
-    maxStanzaBytes: atLeast(1024),
-    maxDepth: atLeast(4),
-    c2sTimeoutSeconds: seconds(1),
-    maxUnauthenticated: atLeast(1),
-    maxUnauthenticatedPerIp: atLeast(1),
-    tcpKeepaliveSeconds: seconds(0),
-    readTimeoutSeconds: seconds(1),
-    maxSendBufferBytes: atLeast(1024),
-    sendTimeoutSeconds: seconds(1),
-    maxAuthFailures: atLeast(1),
-    authFailurePeriodSeconds: seconds(0),
-  },
-  log: {
-    level: oneOf(LOG_LEVELS),
-  },
-};
-
-/** Config keys holding file paths (relative ones in a config file resolve against its folder). */
-export const PATH_KEYS: readonly string[] = [
-  'upstream.caFile',
-  'tls.certFile',
-  'tls.keyFile',
-  'tls.pkcs12File',
-];
-
-type SchemaNode = Validator<unknown> | { [k: string]: SchemaNode };
-
-function isBranch(node: SchemaNode): node is { [k: string]: SchemaNode } {
-  return typeof node !== 'function';
+  return found;
 }
 
 /**
- * Throws ConfigError for the first key of `layer` that the schema does not know (or for a
- * section that is not a mapping). `where` is appended to messages (e.g. ` in /etc/x.yaml`).
+ * The dotted key and raw value at `path` in the merged layers. A list given as one string
+ * ("none", "host:port") is reported under the list's key, not as its item 0.
  */
-function checkKeys(layer: unknown, node: SchemaNode, prefix: string, where: string): void {
-  if (!isBranch(node)) return;
-  if (!isPlainObject(layer)) {
-    if (prefix === '') {
-      throw new ConfigError('config', `config: the configuration${where} must be a mapping (got ${show(layer)})`);
+function locate(path: readonly PropertyKey[], merged: unknown): { key: string; value: unknown } {
+  let key = '';
+  let value: unknown = merged;
+  for (const part of path) {
+    if (typeof part === 'number') {
+      if (!Array.isArray(value)) continue;
+      key += `[${part}]`;
+      value = value[part];
+    } else {
+      key = key ? `${key}.${String(part)}` : String(part);
+      value = isPlainObject(value) ? value[String(part)] : undefined;
     }
-    if (layer === null || layer === undefined) return;
-    fail(prefix, `a mapping${where ? ` (${where.trim()})` : ''}`, layer);
   }
-  for (const [k, v] of Object.entries(layer)) {
-    const child = Object.hasOwn(node, k) ? node[k] : undefined;
-    const key = join(prefix, k);
-    if (child === undefined) {
-      const known = Object.keys(node).join(', ');
-      throw new ConfigError(
-        key,
-        `config: unknown key "${key}"${where} (known keys${prefix ? ` in ${prefix}` : ''}: ${known})`,
-      );
-    }
-    checkKeys(v, child, key, where);
+  return { key, value };
+}
+
+function issueToError(issue: z.core.$ZodIssue, merged: unknown, origins: Map<string, Source | undefined>, where?: string): ConfigError {
+  const { key, value } = locate(issue.path, merged);
+  if (issue.code === 'unrecognized_keys') {
+    const name = issue.keys[0]!;
+    const full = key ? `${key}.${name}` : name;
+    const known = Object.keys(shapeOf(schemaAt(issue.path)) ?? {}).join(', ');
+    const from = where ?? originOf([...issue.path, name], origins);
+    return new ConfigError(full, `config: unknown key "${full}"${from} (known keys${key ? ` in ${key}` : ''}: ${known})`);
   }
+  const blame = issue.code === 'custom' && typeof issue.params?.blame === 'string' ? issue.params.blame.split('.') : issue.path;
+  const from = where ?? originOf(blame, origins);
+  const m = issue.message;
+  const text = m.startsWith('config: ') ? m : m.startsWith('must be ') ? `config: ${key} ${m} (got ${show(value)})` : `config: ${key}: ${m}`;
+  return new ConfigError(key || 'config', `${text}${from}`);
+}
+
+/** The issue reported: an unknown key first (a typo explains the other issues), else the first. */
+function firstIssue(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue {
+  return issues.find((i) => i.code === 'unrecognized_keys') ?? issues[0]!;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,21 +245,20 @@ function checkKeys(layer: unknown, node: SchemaNode, prefix: string, where: stri
  * Reads a config file: JSON for `.json`, YAML for `.yaml`/`.yml` (decided by the extension).
  * The file holds a partial {@link Config} (same key names, e.g. `sm: { hibernationSeconds: 300 }`);
  * listen addresses may be `"host:port"` strings or `{host, port}` mappings.
- * Relative file paths inside it (`upstream.caFile`, `tls.*File`) are resolved against the
- * file's folder. A `null` value (YAML `key:` with nothing after it) resets that key to its default.
+ * Relative paths inside it ({@link PATH_KEYS}: `upstream.caFile`, `tls.*File`,
+ * `storage.dataDir`) are resolved against the file's folder. A `null` value (YAML `key:` with
+ * nothing after it) resets that key to its default.
  *
- * Returns the parsed layer for {@link buildConfig}; values are not validated here, keys are.
- * @throws ConfigError (key `"config"`) if the file cannot be read or parsed or has another
- *   extension; (key = the dotted path) for an unknown key, e.g. `config: unknown key
+ * Returns the parsed layer for {@link buildConfig} (wrap it in a {@link ConfigLayer} so value
+ * errors name the file, as {@link configFileLayer} does); values are not validated here, keys are.
+ * @throws ConfigError (key `"config"`) if the file cannot be read or parsed, is not a mapping or
+ *   has another extension; (key = the dotted path) for an unknown key, e.g. `config: unknown key
  *   "sm.hibernationSecs" in /etc/p.yaml (known keys in sm: ...)`.
  */
-export function readConfigFile(path: string): unknown {
+export function readConfigFile(path: string): Record<string, unknown> {
   const ext = extname(path).toLowerCase();
   if (ext !== '.json' && ext !== '.yaml' && ext !== '.yml') {
-    throw new ConfigError(
-      'config',
-      `config: config file "${path}" must end in .json, .yaml or .yml`,
-    );
+    throw new ConfigError('config', `config: config file "${path}" must end in .json, .yaml or .yml`);
   }
   let text: string;
   try {
@@ -354,127 +276,81 @@ export function readConfigFile(path: string): unknown {
   }
   // An empty YAML file is an empty layer.
   if (data === null || data === undefined) data = {};
-  checkKeys(data, SCHEMA as unknown as SchemaNode, '', ` in ${path}`);
-  const layer = data as Record<string, Record<string, unknown>>;
+  if (!isPlainObject(data)) {
+    throw new ConfigError('config', `config: the configuration in ${path} must be a mapping (got ${show(data)})`);
+  }
+  // Unknown keys now, naming the file; value errors wait for buildConfig (a later layer may fix them).
+  const merged: Record<string, unknown> = {};
+  mergeInto(merged, data, '', new Map(), undefined);
+  const parsed = ConfigSchema.safeParse(merged);
+  const unknown = parsed.success ? undefined : parsed.error.issues.find((i) => i.code === 'unrecognized_keys');
+  if (unknown !== undefined) throw issueToError(unknown, merged, new Map(), ` in ${path}`);
+
   const base = dirname(resolve(path));
   for (const key of PATH_KEYS) {
     const [section, name] = key.split('.') as [string, string];
-    const sec = layer[section];
+    const sec = data[section];
     if (isPlainObject(sec) && typeof sec[name] === 'string' && sec[name] !== '') {
       sec[name] = resolve(base, sec[name]);
     }
   }
-  return layer;
+  return data;
+}
+
+/** {@link readConfigFile} as a layer whose errors end in `in <path>`. */
+export function configFileLayer(path: string): ConfigLayer {
+  return new ConfigLayer(readConfigFile(path), `in ${path}`);
 }
 
 /**
  * The environment's layer: `XMPP_SM_PROXY_PKCS12_PASSWORD` → `tls.pkcs12Password` (so the
  * password need not appear on the command line or in a file). Unset variables add nothing.
+ * Plain values; {@link envConfigLayer} is the same as a named layer.
  */
-export function envLayer(env: NodeJS.ProcessEnv = process.env): unknown {
+export function envLayer(env: NodeJS.ProcessEnv = process.env): Record<string, unknown> {
   const pw = env[PKCS12_PASSWORD_ENV];
   return pw === undefined ? {} : { tls: { pkcs12Password: pw } };
 }
 
+/** {@link envLayer} as a layer whose errors end in `(from the environment: VARIABLE)`. */
+export function envConfigLayer(env: NodeJS.ProcessEnv = process.env): ConfigLayer {
+  return new ConfigLayer(envLayer(env), `(from the environment: ${PKCS12_PASSWORD_ENV})`);
+}
+
 /**
- * Merges `layers` over {@link DEFAULTS} and validates the result.
+ * Merges `layers` over {@link DEFAULTS} and validates the result with {@link ConfigSchema}.
+ * A layer is a plain partial Config or a {@link ConfigLayer} (values plus where they came from);
+ * undefined and null layers are skipped.
  *
- * Merge rules: later layers win; mappings merge key by key; arrays (and every other value)
- * replace; `undefined` means "not set here"; `null` resets the key to its default.
- * Validation: every key's type and range (ports 1..65535; `...Seconds` integers up to
- * {@link MAX_SECONDS}; `sm.maxQueueSize` >= 1; `limits.maxStanzaBytes` >= 1024;
- * `limits.maxDepth` >= 4; `domains` a non-empty list of lowercase domain names; listed files
- * must be readable), then: `tls.certFile` and `tls.keyFile` both or neither; `tls.pkcs12File`
- * excludes them; at least one listener; no address listed twice.
+ * Merge rules: later layers win; sections merge key by key; lists (and every other value)
+ * replace; `undefined` means "not set here"; `null` resets the key (or section) to its default.
+ * Validation: every key's type and range as declared in the schema (e.g. ports 1..65535;
+ * `...Seconds` integers up to {@link MAX_SECONDS}; `domains` a non-empty list of lowercase
+ * domain names; listed files must be readable files), unknown keys rejected, then: `tls.certFile`
+ * and `tls.keyFile` both or neither; `tls.pkcs12File` excludes them; at least one client
+ * listener; no address listed twice (metrics included); `shutdown.closeGraceMs` under
+ * `shutdown.timeoutSeconds`.
  *
- * Listen entries given as strings are parsed with {@link parseListen}.
+ * Listen entries given as strings are parsed as by {@link parseListen}.
  * Does not read the environment (pass {@link envLayer} as a layer) and does not modify DEFAULTS.
  * @returns a new, deeply frozen Config.
- * @throws ConfigError naming the first bad key.
+ * @throws ConfigError naming the first bad key (an unknown key before any other problem) and,
+ *   for a ConfigLayer's key, its source: `config: sm.maxQueueSize must be an integer >= 1 (got 0) in /etc/p.yaml`.
  */
 export function buildConfig(...layers: unknown[]): Config {
-  const schema = SCHEMA as unknown as SchemaNode;
-  let merged: unknown = DEFAULTS;
+  const merged: Record<string, unknown> = {};
+  const origins = new Map<string, Source | undefined>();
   for (const layer of layers) {
-    if (layer === undefined || layer === null) continue;
-    checkKeys(layer, schema, '', '');
-    merged = merge(merged, layer, schema, '');
-  }
-  const config = validate(merged, schema, '') as Config;
-
-  const { tls, listen } = config;
-  if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
-    const missing = tls.certFile === undefined ? 'tls.certFile' : 'tls.keyFile';
-    const given = tls.certFile === undefined ? 'tls.keyFile' : 'tls.certFile';
-    throw new ConfigError(missing, `config: ${missing} is required when ${given} is set (both or neither)`);
-  }
-  if (tls.pkcs12File !== undefined && tls.certFile !== undefined) {
-    throw new ConfigError(
-      'tls.pkcs12File',
-      'config: tls.pkcs12File and tls.certFile/tls.keyFile are exclusive (give a PKCS#12 keystore or PEM files, not both)',
-    );
-  }
-  if (listen.starttls.length === 0 && listen.directTls.length === 0) {
-    throw new ConfigError(
-      'listen',
-      'config: listen: no listeners (listen.starttls and listen.directTls are both empty)',
-    );
-  }
-  const seen = new Map<string, string>();
-  for (const name of ['starttls', 'directTls'] as const) {
-    listen[name].forEach((a, i) => {
-      const id = `${a.host}:${a.port}`;
-      const key = `listen.${name}[${i}]`;
-      const first = seen.get(id);
-      if (first !== undefined) {
-        throw new ConfigError(key, `config: ${key}: ${id} is already used by ${first}`);
-      }
-      seen.set(id, key);
-    });
-  }
-  return deepFreeze(config);
-}
-
-function merge(base: unknown, layer: unknown, node: SchemaNode, prefix: string): unknown {
-  if (!isBranch(node) || !isPlainObject(layer)) return layer;
-  const out: Record<string, unknown> = isPlainObject(base) ? { ...base } : {};
-  for (const [k, v] of Object.entries(layer)) {
-    if (v === undefined) continue;
-    const key = join(prefix, k);
-    const child = node[k]!; // checkKeys ran first
-    if (v === null) {
-      // null resets to the default (or unsets an optional key).
-      const def = defaultAt(key);
-      if (def === undefined) delete out[k];
-      else out[k] = structuredClone(def);
-      continue;
+    const [values, source] = layer instanceof ConfigLayer ? [layer.values, layer.source] : [layer, undefined];
+    if (values === undefined || values === null) continue;
+    if (!isPlainObject(values)) {
+      throw new ConfigError('config', `config: the configuration must be a mapping (got ${show(values)})${originText(source, '')}`);
     }
-    out[k] = merge(out[k], v, child, key);
+    mergeInto(merged, values, '', origins, source);
   }
-  return out;
-}
-
-function defaultAt(key: string): unknown {
-  let v: unknown = DEFAULTS;
-  for (const part of key.split('.')) {
-    v = isPlainObject(v) ? v[part] : undefined;
-  }
-  return v;
-}
-
-function validate(value: unknown, node: SchemaNode, prefix: string): unknown {
-  if (!isBranch(node)) return node(value, prefix);
-  if (!isPlainObject(value)) {
-    if (value === undefined) value = {};
-    else fail(prefix, 'a mapping', value);
-  }
-  const src = value as Record<string, unknown>;
-  const out: Record<string, unknown> = {};
-  for (const [k, child] of Object.entries(node)) {
-    const v = validate(src[k], child, join(prefix, k));
-    if (v !== undefined) out[k] = v;
-  }
-  return out;
+  const result = ConfigSchema.safeParse(merged);
+  if (!result.success) throw issueToError(firstIssue(result.error.issues), merged, origins);
+  return deepFreeze(result.data);
 }
 
 function deepFreeze<T>(value: T): T {
@@ -494,36 +370,7 @@ function deepFreeze<T>(value: T): T {
  *   IPv6 address without brackets.
  */
 export function parseListen(spec: string, key: string): ListenAddress | null {
-  const s = spec.trim();
-  if (s === '' || s.toLowerCase() === 'none') return null;
-  const bad = (why: string): never => {
-    throw new ConfigError(
-      key,
-      `config: ${key}: invalid listen address ${show(spec)}: ${why} (expected host:port, [ipv6]:port, :port or port)`,
-    );
-  };
-  let host: string;
-  let portText: string;
-  if (/^\d+$/.test(s)) {
-    host = '0.0.0.0';
-    portText = s;
-  } else if (s.startsWith('[')) {
-    const m = /^\[([^\]]*)\]:(.*)$/.exec(s);
-    if (!m) bad('expected [ipv6]:port');
-    host = m![1]!;
-    portText = m![2]!;
-    if (!isIPv6(host)) bad(`"${host}" is not an IPv6 address`);
-  } else {
-    const i = s.lastIndexOf(':');
-    if (i < 0) bad('no port');
-    host = s.slice(0, i);
-    portText = s.slice(i + 1);
-    if (host.includes(':')) bad('IPv6 addresses need brackets, e.g. [::1]:5222');
-    if (host === '') host = '0.0.0.0';
-    else if (!/^[A-Za-z0-9.-]+$/.test(host)) bad(`"${host}" is not a host name or IP address`);
-  }
-  if (!/^\d+$/.test(portText)) bad(`port "${portText}" is not a number`);
-  const n = Number(portText);
-  if (n < 1 || n > 65535) bad(`port ${n} is out of range 1..65535`);
-  return { host, port: n };
+  const parsed = listenSpec(spec);
+  if ('error' in parsed) throw new ConfigError(key, `config: ${key}: ${parsed.error}`);
+  return parsed.address;
 }

@@ -3,8 +3,9 @@ import { addH, parseH } from './counter.ts';
 import { OutboundQueue, type QueuedStanza } from './outbound-queue.ts';
 import { NS } from '../xml/stream-header.ts';
 import { StreamError } from '../xml/stream-error.ts';
+import { DEFAULTS } from '../config/config.ts';
 
-/** Per-session XEP-0198 options (seconds where a time). Defaults live in config/config.ts. */
+/** Per-session XEP-0198 options (seconds where a time): the config's `sm` section. Defaults live in config/config.ts. */
 export interface SmOptions {
   maxUnackedStanzas: number;
   /** Unacked stanzas kept before the session becomes unresumable (count). */
@@ -16,6 +17,13 @@ export interface SmOptions {
    * `sm.maxQueueBytes` is 4 MiB).
    */
   maxQueueBytes?: number;
+  /**
+   * More `<r/>` than this within `ackRequestWindowSeconds` with no stanza between them is a
+   * flood (`policy-violation`). Omitted: the config's default (`sm.maxAckRequests`, 100).
+   */
+  maxAckRequests?: number;
+  /** The window of `maxAckRequests` (seconds). Omitted: the config's default (10). */
+  ackRequestWindowSeconds?: number;
 }
 
 /**
@@ -218,16 +226,20 @@ export class StreamManagement extends EventEmitter {
   }
 
   /**
-   * More than 100 `<r/>` within 10 s with no stanza between them is a flood: an honest client
-   * asks after sending (however often), or now and then to probe the link.
+   * More than `maxAckRequests` `<r/>` within `ackRequestWindowSeconds` with no stanza between
+   * them is a flood: an honest client asks after sending (however often), or now and then to
+   * probe the link.
    */
   #checkFlood(): void {
     const now = Date.now();
-    if (now - this.#requestWindowStart > 10_000) {
+    const windowSeconds = this.#options.ackRequestWindowSeconds ?? DEFAULTS.sm.ackRequestWindowSeconds;
+    if (now - this.#requestWindowStart > windowSeconds * 1000) {
       this.#requestWindowStart = now;
       this.#requests = 0;
     }
-    if (++this.#requests > 100) throw new StreamError('policy-violation', 'too many ack requests');
+    if (++this.#requests > (this.#options.maxAckRequests ?? DEFAULTS.sm.maxAckRequests)) {
+      throw new StreamError('policy-violation', 'too many ack requests');
+    }
   }
 
   #requestDue(): boolean {

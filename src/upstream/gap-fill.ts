@@ -61,14 +61,20 @@ interface Archived {
   stamp?: string;
 }
 
+/** How the archive is read: results per page (`upstream.gapFillPageSize`), reads per fill (`upstream.gapFillMaxPasses`). */
+export interface ArchivePaging {
+  pageSize: number;
+  maxPasses: number;
+}
+
 /**
  * Pages through the account's archive after `afterId` (or since `startMs` when no id is known),
- * calling `each` with every result in order. Resolves with whether the query is over: false
+ * `pageSize` results a page, calling `each` with every result in order. Resolves with whether the query is over: false
  * only when the server did not answer (timeout or lost link); an error answer ends it.
  */
 async function pageArchive(
   link: UpstreamLink,
-  opts: { afterId?: string; startMs: number; timeoutMs: number; maxPages?: number },
+  opts: { afterId?: string; startMs: number; timeoutMs: number; maxPages?: number; paging: ArchivePaging },
   each: (result: Archived) => void,
 ): Promise<boolean> {
   let after = opts.afterId;
@@ -84,10 +90,11 @@ async function pageArchive(
       if (message) found.push({ message, id: result.attrs.id, stamp: forwarded?.getChild('delay')?.attrs.stamp });
     };
     link.on('archive', collect);
+    const max = `<max>${opts.paging.pageSize}</max>`;
     const form = after
-      ? `<set xmlns='${NS_RSM}'><max>100</max><after>${after}</after></set>`
+      ? `<set xmlns='${NS_RSM}'>${max}<after>${after}</after></set>`
       : `<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>${NS_MAM}</value></field>` +
-        `<field var='start'><value>${new Date(opts.startMs).toISOString()}</value></field></x><set xmlns='${NS_RSM}'><max>100</max></set>`;
+        `<field var='start'><value>${new Date(opts.startMs).toISOString()}</value></field></x><set xmlns='${NS_RSM}'>${max}</set>`;
     const fin = await link.request((id) => `<iq type='set' id='${id}'><query xmlns='${NS_MAM}' queryid='${queryId}'>${form}</query></iq>`, opts.timeoutMs);
     link.off('archive', collect);
     if (!fin) return false;
@@ -104,9 +111,6 @@ async function pageArchive(
   return true;
 }
 
-/** Read passes of a gap fill: a pass that only extends the one before it is taken as settled. */
-const MAX_PASSES = 3;
-
 /**
  * Calls `deliver` with each archived message after `afterId` (or since `startMs`) addressed to
  * `fullJid` (or the bare JID) that did not come from the account itself, as the server had sent
@@ -114,19 +118,20 @@ const MAX_PASSES = 3;
  * `complete` is false only when the server did not answer (nothing is delivered then, and the
  * caller tries again from the same point on its next link).
  *
- * The archive is read until a read only extends the one before it: right after a reconnect the
+ * The archive is read until a read only extends the one before it (at most
+ * `paging.maxPasses` reads): right after a reconnect the
  * server is often still archiving what it handled late (a hung server catching up), and a read
  * taken meanwhile can miss entries in its middle (seen with ejabberd's mnesia archive); those
  * would then reach the client after newer ones.
  */
 export async function fillGap(
   link: UpstreamLink,
-  opts: { bareJid: string; fullJid: string; afterId?: string; startMs: number; timeoutMs: number; maxPages?: number },
+  opts: { bareJid: string; fullJid: string; afterId?: string; startMs: number; timeoutMs: number; maxPages?: number; paging: ArchivePaging },
   deliver: (message: TopLevel, archivedId: string) => void,
 ): Promise<{ delivered: number; complete: boolean }> {
   let previous: string[] = [];
   let results: Archived[] = [];
-  for (let pass = 0; pass < MAX_PASSES; pass++) {
+  for (let pass = 0; pass < opts.paging.maxPasses; pass++) {
     results = [];
     const seen = new Set<string>();
     const collect = (r: Archived): void => {
@@ -163,7 +168,7 @@ export async function fillGap(
  */
 export async function archivedOwnIds(
   link: UpstreamLink,
-  opts: { fullJid: string; startMs: number; timeoutMs: number; maxPages?: number },
+  opts: { fullJid: string; startMs: number; timeoutMs: number; maxPages?: number; paging: ArchivePaging },
 ): Promise<Set<string> | undefined> {
   const ids = new Set<string>();
   const complete = await pageArchive(link, opts, ({ message }) => {

@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { SaslFailure, UpstreamLink, type LinkEnd, type LinkEndKind } from './link.ts';
 import { Custody } from './custody.ts';
 import type { ServerSm } from './server-sm.ts';
-import { archiveId, archivedOwnIds, fillGap, hasArchive } from './gap-fill.ts';
+import { archiveId, archivedOwnIds, fillGap, hasArchive, type ArchivePaging } from './gap-fill.ts';
 import type { PlainCredential } from './sasl.ts';
 import type { TopLevel } from '../xml/top-level.ts';
 
@@ -32,6 +32,8 @@ export interface UpstreamDeps {
   serverAcks: boolean;
   /** Client stanzas held in custody (bytes) past which the client is not read (`upstream.maxCustodyBytes`). */
   maxCustodyBytes: number;
+  /** How the archive is read to fill a gap after a reconnect (`upstream.gapFillPageSize`, `upstream.gapFillMaxPasses`). */
+  gapFill: ArchivePaging;
   log: Logger;
 }
 
@@ -319,7 +321,7 @@ export class Upstream extends EventEmitter {
   async #fillGap(link: UpstreamLink, downSince: number): Promise<void> {
     const { delivered, complete } = await fillGap(
       link,
-      { bareJid: this.#bareJid, fullJid: this.#fullJid, afterId: this.#lastArchiveId, startMs: downSince - 5000, timeoutMs: this.#deps.reconnect.requestTimeoutMs },
+      { bareJid: this.#bareJid, fullJid: this.#fullJid, afterId: this.#lastArchiveId, startMs: downSince - 5000, timeoutMs: this.#deps.reconnect.requestTimeoutMs, paging: this.#deps.gapFill },
       (message, id) => this.#deliver(message, id),
     );
     if (delivered > 0) this.#deps.log.info({ recovered: delivered }, 'messages of the upstream gap recovered from the archive');
@@ -421,7 +423,7 @@ export class Upstream extends EventEmitter {
   async #skipArchived(link: UpstreamLink): Promise<void> {
     const { requestTimeoutMs } = this.#deps.reconnect;
     // Sent on the old link, so unconfirmed for at most a barrier's time before the drop.
-    const ids = await archivedOwnIds(link, { fullJid: this.#fullJid, startMs: this.#downSince - 2 * requestTimeoutMs - 10_000, timeoutMs: requestTimeoutMs });
+    const ids = await archivedOwnIds(link, { fullJid: this.#fullJid, startMs: this.#downSince - 2 * requestTimeoutMs - 10_000, timeoutMs: requestTimeoutMs, paging: this.#deps.gapFill });
     if (!ids || ids.size === 0) return;
     const skipped = this.custody.confirmWhere((raw) => {
       const id = raw.startsWith('<message') ? MESSAGE_ID.exec(raw) : null;

@@ -6,6 +6,7 @@ import type { TopLevel } from './top-level.ts';
 import { StreamParser, type StreamLimits } from './stream-parser.ts';
 import { StreamError } from './stream-error.ts';
 import { STREAM_CLOSE } from './stream-header.ts';
+import { DEFAULTS } from '../config/config.ts';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -43,6 +44,7 @@ export class XmlStream extends EventEmitter {
   #socket: Socket;
   #parser!: StreamParser;
   readonly #limits: StreamLimits;
+  readonly #closeGraceMs: number;
   /** Output of this event-loop turn, written as one chunk (one TLS record, one syscall). */
   #out = '';
   /** UTF-8 bytes of the first `#outCounted` characters of `#out` (counted when asked for). */
@@ -92,10 +94,15 @@ export class XmlStream extends EventEmitter {
     this.#parser.write(text);
   };
 
-  /** @param socket A connected socket; the stream takes ownership. */
-  constructor(socket: Socket, limits: StreamLimits) {
+  /**
+   * @param socket A connected socket; the stream takes ownership.
+   * @param closeGraceMs After {@link end} (or {@link fail}) the peer has this long (ms) to close
+   *   its side before the socket is destroyed (default: the config's `limits.closeGraceSeconds`).
+   */
+  constructor(socket: Socket, limits: StreamLimits, closeGraceMs = DEFAULTS.limits.closeGraceSeconds * 1000) {
     super();
     this.#limits = limits;
+    this.#closeGraceMs = closeGraceMs;
     this.#socket = socket;
     this.restart();
     this.#attach(socket);
@@ -199,7 +206,7 @@ export class XmlStream extends EventEmitter {
     this.#ending = true;
     this.#socket.end(Buffer.from(this.#takeOut() + STREAM_CLOSE));
     // A peer that never answers our close must not hold the socket forever.
-    setTimeout(() => this.destroy(), 5000).unref();
+    setTimeout(() => this.destroy(), this.#closeGraceMs).unref();
   }
 
   /** Drops the connection without a closing tag (no further events but `close`). */

@@ -7,6 +7,9 @@ import { DEFAULTS, type Config } from '../../src/config/config.ts';
 import {
   buildConfig,
   ConfigError,
+  ConfigLayer,
+  configFileLayer,
+  envConfigLayer,
   envLayer,
   MAX_SECONDS,
   parseListen,
@@ -130,6 +133,8 @@ t.test('every flag maps to its key', async (t) => {
       '--hibernation', '0',
       '--max-queue', '7',
       '--max-stanza-bytes', '1024',
+      '--data-dir', join(dir, 'data'),
+      '--metrics', '[::1]:9000',
       '--log-level', 'debug',
     ],
     {},
@@ -154,6 +159,9 @@ t.test('every flag maps to its key', async (t) => {
     tls: { certFile: join(dir, 'c.pem'), keyFile: join(dir, 'k.pem') },
     sm: { ...DEFAULTS.sm, hibernationSeconds: 0, maxQueueSize: 7 },
     limits: { ...DEFAULTS.limits, maxStanzaBytes: 1024, maxDepth: 32 },
+    storage: { dataDir: join(dir, 'data') },
+    metrics: { listen: { host: '::1', port: 9000 } },
+    shutdown: DEFAULTS.shutdown,
     log: { level: 'debug' },
   } satisfies Config);
 });
@@ -370,8 +378,111 @@ t.test('CLI numbers are parsed strictly and errors name the flag', async (t) => 
   const dir = t.testdir({ 'c.yaml': 'domains: [a.test]\nsm:\n  maxQueueSize: 0\n' });
   e = configError(t, () => parseArgs(['-c', join(dir, 'c.yaml')], {}));
   t.equal(e.key, 'sm.maxQueueSize');
-  t.match(e.message, `(from ${join(dir, 'c.yaml')})`, 'a value from the file names the file');
+  t.match(e.message, ` in ${join(dir, 'c.yaml')}`, 'a value from the file names the file');
   t.notMatch(e.message, '--max-queue');
+});
+
+t.test('value errors name the layer the value came from', async (t) => {
+  const dir = t.testdir({
+    'p.yaml': 'domains: [a.test]\nshutdown:\n  timeoutSeconds: 0\nsm:\n  maxAckRequests: 5\n',
+    'unknown.json': JSON.stringify({ domains: ['a.test'] }),
+  });
+  const file = join(dir, 'p.yaml');
+  let e = configError(t, () => buildConfig(configFileLayer(file)));
+  t.equal(e.key, 'shutdown.timeoutSeconds');
+  t.equal(e.message, `config: shutdown.timeoutSeconds must be a positive integer (seconds, at most ${MAX_SECONDS}) (got 0) in ${file}`);
+  e = configError(t, () => parseArgs(['-c', file], {}));
+  t.match(e.message, ` in ${file}`, 'through the command line too');
+
+  // A later layer's value is blamed on that layer, an earlier one's on its own.
+  e = configError(t, () => buildConfig(configFileLayer(file), new ConfigLayer({ shutdown: { timeoutSeconds: 'x' } }, '(from the test)')));
+  t.match(e.message, /\(got "x"\) \(from the test\)$/);
+  e = configError(t, () =>
+    buildConfig(configFileLayer(file), new ConfigLayer({ shutdown: { timeoutSeconds: 5 }, sm: { maxAckRequests: 0 } }, '(from the test)')),
+  );
+  t.equal(e.key, 'sm.maxAckRequests');
+  t.equal(e.message, 'config: sm.maxAckRequests must be an integer >= 1 (got 0) (from the test)');
+  // null resets: the default is nobody's fault, and a reset value is no longer the file's.
+  t.equal(buildConfig(configFileLayer(file), { shutdown: { timeoutSeconds: null } }).shutdown.timeoutSeconds, 10);
+
+  e = configError(t, () => buildConfig({ domains: ['a.test'] }, envConfigLayer({}), new ConfigLayer({ tls: { pkcs12Password: 5 } }, '(from the environment)')));
+  t.equal(e.message, 'config: tls.pkcs12Password must be a string (got 5) (from the environment)');
+  t.match(envConfigLayer({ XMPP_SM_PROXY_PKCS12_PASSWORD: 'x' }).source, 'XMPP_SM_PROXY_PKCS12_PASSWORD');
+
+  e = configError(t, () => buildConfig(new ConfigLayer({ domains: ['a.test'], limits: { maxPipeline: 5 } }, '(from the test)')));
+  t.equal(e.key, 'limits.maxPipeline');
+  t.match(e.message, /^config: unknown key "limits\.maxPipeline" \(from the test\) \(known keys in limits: .*maxPipelined/);
+
+  // Plain layers (the old call shape) still work, without a layer name.
+  e = configError(t, () => buildConfig({ domains: ['a.test'], limits: { closeGraceSeconds: 0 } }));
+  t.equal(e.message, `config: limits.closeGraceSeconds must be a positive integer (seconds, at most ${MAX_SECONDS}) (got 0)`);
+});
+
+t.test('new keys: defaults, bounds, cross-key checks', async (t) => {
+  const c = buildConfig({ domains: ['a.test'] });
+  t.same(c.storage, { dataDir: '/var/lib/xmpp-sm-proxy' });
+  t.same(c.metrics, { listen: { host: '127.0.0.1', port: 9464 } }, 'metrics on loopback by default');
+  t.same(c.shutdown, { timeoutSeconds: 10, closeGraceMs: 1000 });
+  t.same([c.limits.maxAuthAttempts, c.limits.maxPipelined, c.limits.closeGraceSeconds], [3, 100, 5]);
+  t.same([c.sm.maxAckRequests, c.sm.ackRequestWindowSeconds], [100, 10]);
+  t.same([c.upstream.gapFillPageSize, c.upstream.gapFillMaxPasses], [100, 3]);
+
+  t.equal(buildConfig({ domains: ['a.test'], metrics: { listen: 'none' } }).metrics.listen, null, '"none" disables');
+  t.same(buildConfig({ domains: ['a.test'], metrics: { listen: { host: '::1', port: 1234 } } }).metrics.listen, { host: '::1', port: 1234 });
+  t.same(buildConfig({ domains: ['a.test'], storage: { dataDir: 'relative/dir' } }).storage.dataDir, 'relative/dir', 'not checked, not resolved outside a file');
+
+  const cases: [string, Record<string, unknown>][] = [
+    ['limits.maxAuthAttempts', { limits: { maxAuthAttempts: 0 } }],
+    ['limits.maxPipelined', { limits: { maxPipelined: 0 } }],
+    ['limits.closeGraceSeconds', { limits: { closeGraceSeconds: MAX_SECONDS + 1 } }],
+    ['sm.maxAckRequests', { sm: { maxAckRequests: 1.5 } }],
+    ['sm.ackRequestWindowSeconds', { sm: { ackRequestWindowSeconds: 0 } }],
+    ['upstream.gapFillPageSize', { upstream: { gapFillPageSize: 0 } }],
+    ['upstream.gapFillMaxPasses', { upstream: { gapFillMaxPasses: '3' } }],
+    ['shutdown.timeoutSeconds', { shutdown: { timeoutSeconds: -1 } }],
+    ['shutdown.closeGraceMs', { shutdown: { closeGraceMs: -1 } }],
+    ['storage.dataDir', { storage: { dataDir: '' } }],
+    ['metrics.listen', { metrics: { listen: 'x:0' } }],
+    ['metrics.listen', { metrics: { listen: 9464 } }],
+  ];
+  for (const [key, layer] of cases) {
+    const err = configError(t, () => buildConfig({ domains: ['a.test'] }, layer));
+    t.equal(err.key, key, `${JSON.stringify(layer)} → ${key}`);
+    t.match(err.message, `config: ${key}`);
+  }
+
+  let e = configError(t, () => buildConfig({ domains: ['a.test'], metrics: { listen: ':5223' } }));
+  t.equal(e.key, 'metrics.listen');
+  t.match(e.message, 'already used by listen.directTls[0]');
+  e = configError(t, () => buildConfig({ domains: ['a.test'], shutdown: { timeoutSeconds: 2, closeGraceMs: 2000 } }));
+  t.equal(e.key, 'shutdown.closeGraceMs');
+  t.match(e.message, 'must be less than shutdown.timeoutSeconds');
+  t.equal(buildConfig({ domains: ['a.test'], shutdown: { timeoutSeconds: 2, closeGraceMs: 0 } }).shutdown.closeGraceMs, 0);
+
+  // A relative dataDir in a config file is resolved against the file's folder, like the TLS files.
+  const dir = t.testdir({ 'c.yaml': 'domains: [a.test]\nstorage:\n  dataDir: state\nmetrics:\n  listen: none\n' });
+  const fromFile = parseArgs(['-c', join(dir, 'c.yaml')], {});
+  t.equal(fromFile.storage.dataDir, join(dir, 'state'));
+  t.equal(fromFile.metrics.listen, null);
+});
+
+t.test('--data-dir and --metrics', async (t) => {
+  const c = parseArgs(['-d', 'a.test', '--data-dir', 'rel/store', '--metrics', '127.0.0.1:9999'], {});
+  t.equal(c.storage.dataDir, join(process.cwd(), 'rel/store'), 'relative to the working directory');
+  t.same(c.metrics.listen, { host: '127.0.0.1', port: 9999 });
+  t.equal(parseArgs(['-d', 'a.test', '--metrics', 'none'], {}).metrics.listen, null);
+
+  const dir = t.testdir({ 'c.yaml': 'domains: [a.test]\nmetrics:\n  listen: 127.0.0.1:1\nstorage:\n  dataDir: /from/file\n' });
+  const over = parseArgs(['-c', join(dir, 'c.yaml'), '--metrics', '[::1]:9464', '--data-dir', '/from/flag'], {});
+  t.same(over.metrics.listen, { host: '::1', port: 9464 }, 'flag over file');
+  t.equal(over.storage.dataDir, '/from/flag');
+
+  let e = configError(t, () => parseArgs(['-d', 'a.test', '--metrics', 'localhost'], {}));
+  t.equal(e.key, 'metrics.listen');
+  t.match(e.message, /^config: metrics\.listen: invalid listen address "localhost": no port .*\(from --metrics\)$/);
+  e = configError(t, () => parseArgs(['-d', 'a.test', '--metrics', '0.0.0.0:5222'], {}));
+  t.equal(e.key, 'metrics.listen');
+  t.match(e.message, 'already used by listen.starttls[0] (from --metrics)');
 });
 
 t.test('formatConfig and parseCommandLine', async (t) => {

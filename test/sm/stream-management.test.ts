@@ -178,6 +178,21 @@ t.test('a flood of <r/> is a policy-violation', async (t) => {
   t.equal(err.condition, 'policy-violation');
 });
 
+t.test('the flood limit and its window are options (sm.maxAckRequests, sm.ackRequestWindowSeconds)', async (t) => {
+  const sm = new StreamManagement({ ...opts, maxAckRequests: 3, ackRequestWindowSeconds: 1 });
+  sm.attach(() => {});
+  sm.enable();
+  for (let i = 0; i < 3; i++) sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
+  const err = t.throws(() => sm.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`))) as StreamError;
+  t.equal(err.condition, 'policy-violation', 'the 4th within the window');
+  const later = new StreamManagement({ ...opts, maxAckRequests: 3, ackRequestWindowSeconds: 1 });
+  later.attach(() => {});
+  later.enable();
+  for (let i = 0; i < 3; i++) later.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`));
+  await new Promise((r) => setTimeout(r, 1100));
+  t.doesNotThrow(() => later.handleNonza(el(`<r xmlns='urn:xmpp:sm:3'/>`)), 'a new window after ackRequestWindowSeconds');
+});
+
 t.test('no ack loop: an ack that leaves the queue unchanged does not trigger another <r/>', async (t) => {
   const { sm, written } = setup();
   sm.enable();

@@ -207,3 +207,27 @@ t.test('STARTTLS: a fresh decoder on the TLS socket; pause applies to it', async
   t.ok(drained, 'drain from the TLS socket');
   secure.destroy();
 });
+
+t.test('a peer that does not answer our close loses its socket after the close grace (limits.closeGraceSeconds)', async (t) => {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection');
+  // allowHalfOpen: the peer reads our close but never ends its side.
+  const peer = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+  const [socket] = (await accepted) as [net.Socket];
+  server.close();
+  const stream = new XmlStream(socket, LIMITS, 300);
+  t.teardown(() => {
+    peer.destroy();
+    stream.destroy();
+  });
+  peer.on('data', () => {});
+  peer.write(HEADER);
+  const closed = once(socket, 'close');
+  const started = Date.now();
+  stream.end();
+  await closed;
+  const took = Date.now() - started;
+  t.ok(took >= 250 && took < 3000, `socket destroyed after the 300 ms grace (took ${took} ms)`);
+});
