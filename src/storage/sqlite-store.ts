@@ -14,7 +14,7 @@
  * Size on disk follows the working set's bounds (held bytes, old sessions, push registrations);
  * the WAL is truncated to 16 MiB after checkpoints. The directory is created 0700, the file 0600.
  */
-import { mkdirSync, openSync, closeSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, mkdirSync, openSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import {
@@ -87,6 +87,12 @@ export function openStore(dataDir: string, options: SqliteStoreOptions = {}): Sq
   } catch (err) {
     throw new StoreError(dataDir, 'cannot create the data directory', err);
   }
+  try {
+    // SQLite would open a file it cannot write read-only and fail later with "disk I/O error".
+    accessSync(dataDir, constants.W_OK | constants.X_OK);
+  } catch (err) {
+    throw new StoreError(dataDir, 'cannot write to the data directory', err);
+  }
   const file = join(dataDir, STORE_FILE);
   let db: Database.Database | undefined;
   try {
@@ -94,6 +100,7 @@ export function openStore(dataDir: string, options: SqliteStoreOptions = {}): Sq
     if (stat && !stat.isFile()) throw new Error(stat.isDirectory() ? 'is a directory' : 'not a regular file');
     // An empty file is an empty database; creating it here sets its mode (SQLite's WAL copies it).
     if (!stat) closeSync(openSync(file, 'wx', 0o600));
+    else accessSync(file, constants.R_OK | constants.W_OK);
     db = new Database(file, { timeout: options.lockTimeoutMs ?? 5000 });
     db.pragma('locking_mode = EXCLUSIVE');
     if (db.pragma('journal_mode = WAL', { simple: true }) !== 'wal') throw new Error('cannot use a WAL journal here');

@@ -3,7 +3,7 @@
  * journals, transactions, and the errors that name the path. Real files in temp directories.
  */
 import t, { type Test } from 'tap';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -92,6 +92,18 @@ t.test('a data directory that cannot be created (under a regular file: fails as 
   const err = tryOpen(dataDir);
   t.equal(err.path, dataDir);
   t.match(err.message, new RegExp(`^storage: cannot create the data directory ${dataDir}: ENOTDIR`));
+});
+
+t.test('a file or directory without write permission (modes do not stop root)', { skip: process.getuid?.() === 0 && 'running as root' }, async (t) => {
+  const dataDir = tempDir(t);
+  openStore(dataDir).close();
+  const file = path.join(dataDir, STORE_FILE);
+  chmodSync(file, 0o400);
+  t.match(tryOpen(dataDir).message, `storage: cannot open ${file}: EACCES`);
+  chmodSync(file, 0o600);
+  chmodSync(dataDir, 0o500);
+  t.match(tryOpen(dataDir).message, `storage: cannot write to the data directory ${dataDir}: EACCES`);
+  chmodSync(dataDir, 0o700);
 });
 
 t.test('a directory where the file should be', async (t) => {
