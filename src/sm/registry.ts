@@ -72,7 +72,7 @@ export interface Resumable {
 export class SessionRegistry<S extends Resumable> {
   readonly #live = new Map<string, S>();
   /**
-   * bare JID → ended sessions' (id, h, why not resumable) with when they ended, oldest first;
+   * bare JID → ended sessions' (id hash, h, why not resumable) with when they ended, oldest first;
    * the accounts in the order of their latest ended session (re-inserted on each).
    */
   readonly #old = new Map<string, OldEntry[]>();
