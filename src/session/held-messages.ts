@@ -1,5 +1,6 @@
 import { DEFAULTS } from '../config/config.ts';
 import type { QueuedStanza } from '../sm/outbound-queue.ts';
+import type { Store, StoreKey } from '../storage/store.ts';
 
 /** Limits of HeldMessages beside the per-account count. */
 export interface HeldMessagesOptions {
@@ -16,12 +17,20 @@ export interface HeldMessagesOptions {
   maxBytes?: number;
   /** The clock (ms since the epoch), compared with `receivedAt`; tests pass a fake one. Default Date.now. */
   now?: () => number;
+  /**
+   * The durable store (design §4.8). With one, the constructor loads what it holds (applying the
+   * bounds above: the expired and the over-limit are dropped and deleted from it), and every
+   * change is written to it before the method returns. Without one, nothing outlives the process.
+   */
+  store?: Store;
 }
 
 /** A held message: in its account's list and in the proxy-wide order until it is gone. */
 interface Entry {
   readonly bareJid: string;
   readonly stanza: QueuedStanza;
+  /** Its key in the store (none without a store, or when the store could not write it). */
+  readonly key: StoreKey | undefined;
   /** False once taken, expired or dropped; the proxy-wide order skips it (lazy deletion). */
   live: boolean;
 }
@@ -46,6 +55,10 @@ const MIN_SWEEP_INTERVAL_MS = 1000;
  * account that never logs in again loses its messages too. There is no timer: nothing here
  * can keep the process alive, and a proxy where nothing is held or taken does no work. (Without
  * calls nothing new is held either, so what expired while idle is bounded by `maxBytes`.)
+ *
+ * With a store (design §4.8) this is the working set and the store its journal: loaded at
+ * construction, each message inserted before `hold` returns and deleted before `take` (or the
+ * bound that drops it) returns, so a crash or restart loses nothing held.
  */
 export class HeldMessages {
   readonly #byAccount = new Map<string, Entry[]>();
@@ -60,6 +73,9 @@ export class HeldMessages {
   readonly #ttlMs: number;
   readonly #maxBytes: number;
   readonly #now: () => number;
+  readonly #store: Store | undefined;
+  /** Store keys of entries killed since the last write to the store. */
+  #gone: StoreKey[] = [];
   /** Messages dropped for any reason (an account's hold full, expired, over the proxy-wide size). */
   dropped = 0;
   /** Of `dropped`: older than the TTL. */
@@ -69,7 +85,8 @@ export class HeldMessages {
 
   /**
    * @param maxPerAccount messages kept per account (0 keeps none).
-   * @param options TTL, proxy-wide size and clock (see HeldMessagesOptions).
+   * @param options TTL, proxy-wide size, clock and store (see HeldMessagesOptions).
+   * @throws StoreError when the store cannot be read.
    */
   constructor(maxPerAccount: number, options: HeldMessagesOptions = {}) {
     this.#max = maxPerAccount;
@@ -77,6 +94,19 @@ export class HeldMessages {
     this.#maxBytes = options.maxBytes ?? DEFAULTS.sm.maxHeldBytes;
     this.#now = options.now ?? Date.now;
     this.#lastSweep = this.#now();
+    this.#store = options.store;
+    if (this.#store) this.#load(this.#store);
+  }
+
+  /** Rebuilds the working set from the store, in the order of holding, through the same bounds as `hold`. */
+  #load(store: Store): void {
+    const now = this.#now();
+    for (const record of store.heldMessages.loadAll()) {
+      const stanza = { xml: record.xml, receivedAt: record.receivedAt };
+      if (this.#refused(stanza, now)) this.#gone.push(record.key);
+      else this.#add(record.bareJid, stanza, record.key);
+    }
+    this.#flush();
   }
 
   /** Messages held, all accounts. */
@@ -100,18 +130,41 @@ export class HeldMessages {
    * keep this one (none are kept, or it is older than the TTL already).
    */
   hold(bareJid: string, stanza: QueuedStanza): boolean {
-    const now = this.#now();
-    this.#sweepIfDue(now);
+    // One transaction: the insert and whatever it pushes out reach the disk together.
+    return this.batch(() => {
+      const now = this.#now();
+      this.#sweepIfDue(now);
+      const kept = !this.#refused(stanza, now) && this.#add(bareJid, stanza, this.#store?.heldMessages.put(bareJid, stanza.xml, stanza.receivedAt));
+      this.#flush();
+      return kept;
+    });
+  }
+
+  /**
+   * Runs `fn` (calls to `hold`, typically: a session end settling its queue) as one store
+   * transaction, so that many messages cost one sync to disk. Without a store, just runs it.
+   */
+  batch<T>(fn: () => T): T {
+    return this.#store ? this.#store.transaction(fn) : fn();
+  }
+
+  /** Whether a message is not kept at all (none are, or it expired already): counted as dropped. */
+  #refused(stanza: QueuedStanza, now: number): boolean {
     if (this.#max === 0) {
       this.dropped++;
-      return false;
+      return true;
     }
     if (this.#expired(stanza, now)) {
       this.dropped++;
       this.droppedExpired++;
-      return false;
+      return true;
     }
-    const entry: Entry = { bareJid, stanza, live: true };
+    return false;
+  }
+
+  /** Adds a message to the working set, then applies the per-account and proxy-wide bounds. */
+  #add(bareJid: string, stanza: QueuedStanza, key: StoreKey | undefined): boolean {
+    const entry: Entry = { bareJid, stanza, key, live: true };
     const list = this.#byAccount.get(bareJid) ?? [];
     list.push(entry);
     this.#byAccount.set(bareJid, list);
@@ -148,6 +201,7 @@ export class HeldMessages {
       } else taken.push(entry.stanza);
     }
     this.#compact();
+    this.#flush();
     return taken;
   }
 
@@ -157,6 +211,7 @@ export class HeldMessages {
     this.#sweepIfDue(now);
     this.#expireAccount(bareJid, now);
     this.#compact();
+    this.#flush();
     return this.#byAccount.get(bareJid)?.length ?? 0;
   }
 
@@ -171,6 +226,7 @@ export class HeldMessages {
     const before = this.droppedExpired;
     for (const bareJid of [...this.#byAccount.keys()]) this.#expireAccount(bareJid, now);
     this.#compact();
+    this.#flush();
     return this.droppedExpired - before;
   }
 
@@ -216,6 +272,15 @@ export class HeldMessages {
     entry.live = false;
     this.#live--;
     this.#bytes -= entry.stanza.xml.length;
+    if (entry.key !== undefined) this.#gone.push(entry.key);
+  }
+
+  /** Deletes the killed entries from the store (before the public method that killed them returns). */
+  #flush(): void {
+    if (this.#gone.length === 0) return;
+    const keys = this.#gone;
+    this.#gone = [];
+    this.#store!.heldMessages.delete(keys);
   }
 
   /**

@@ -1,4 +1,5 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import type { Store } from '../storage/store.ts';
 
 /** An ended session remembered for late resumes. */
 export interface OldSession {
@@ -20,13 +21,30 @@ export interface SessionRegistryOptions {
   maxOldAccounts?: number;
   /** The clock (ms since the epoch); tests pass a fake one. Default Date.now. */
   now?: () => number;
+  /**
+   * The durable store (design §4.8) for the ended sessions. With one, the constructor loads them
+   * (the expired and the over-limit are dropped and deleted from it) and every change is written
+   * to it before the method returns. Live sessions are never stored: they die with the process.
+   */
+  store?: Store;
 }
 
-/** An OldSession with when it ended. */
+/** An ended session: its id only as a hash, with when it ended. */
 interface OldEntry {
-  readonly old: OldSession;
+  /** SHA-256 of the resumption id ({@link hashId}). */
+  readonly idHash: string;
+  readonly h: number;
+  readonly condition: string;
   /** When the session ended (ms since the epoch). */
   readonly endedAt: number;
+}
+
+/**
+ * What is kept of an ended session's resumption id: its SHA-256, base64url. The ids are 144
+ * random bits, so the hash needs no salt; a copy of the store (or of memory) reveals no id.
+ */
+export function hashId(id: string): string {
+  return createHash('sha256').update(id).digest('base64url');
 }
 
 /** What the registry needs to know of a resumable session. */
@@ -49,11 +67,12 @@ export interface Resumable {
  *   session ended longest ago is forgotten first.
  * Expiry costs no timer: the accounts are kept in the order their last session ended, so each
  * `remove` and `old` drops the expired ones from the front (amortized O(1)).
+ * Ended sessions are kept by the hash of their id ({@link hashId}), in memory and in the store.
  */
 export class SessionRegistry<S extends Resumable> {
   readonly #live = new Map<string, S>();
   /**
-   * bare JID → ended sessions' (id, h, why not resumable) with when they ended, oldest first;
+   * bare JID → ended sessions' (id hash, h, why not resumable) with when they ended, oldest first;
    * the accounts in the order of their latest ended session (re-inserted on each).
    */
   readonly #old = new Map<string, OldEntry[]>();
@@ -61,16 +80,34 @@ export class SessionRegistry<S extends Resumable> {
   readonly #ttlMs: number;
   readonly #maxAccounts: number;
   readonly #now: () => number;
+  readonly #store: Store | undefined;
+  /** Id hashes of ended sessions forgotten since the last write to the store. */
+  #gone: string[] = [];
 
   /**
    * @param maxOldSessions ended sessions remembered per account (0: none).
-   * @param options TTL, proxy-wide account limit and clock (see SessionRegistryOptions).
+   * @param options TTL, proxy-wide account limit, clock and store (see SessionRegistryOptions).
+   * @throws StoreError when the store cannot be read.
    */
   constructor(maxOldSessions: number, options: SessionRegistryOptions = {}) {
     this.#maxOld = maxOldSessions;
     this.#ttlMs = options.oldSessionTtlMs ?? 24 * 3600_000;
     this.#maxAccounts = options.maxOldAccounts ?? 10_000;
     this.#now = options.now ?? Date.now;
+    this.#store = options.store;
+    if (this.#store) this.#load(this.#store);
+  }
+
+  /** Rebuilds the ended sessions from the store, in the order they ended, through the same bounds as `remove`. */
+  #load(store: Store): void {
+    const now = this.#now();
+    for (const { idHash, bareJid, h, condition, endedAt } of store.oldSessions.loadAll()) {
+      const entry: OldEntry = { idHash, h, condition, endedAt };
+      if (this.#maxOld === 0 || this.#expired(entry, now)) this.#gone.push(idHash);
+      else this.#remember(bareJid, entry);
+    }
+    this.#expire(now);
+    this.#flush();
   }
 
   /** Accounts with ended sessions remembered. */
@@ -106,16 +143,19 @@ export class SessionRegistry<S extends Resumable> {
     const now = this.#now();
     this.#expire(now);
     const list = this.#old.get(bareJid);
-    if (!list) return undefined;
+    if (!list) return this.#flush();
     // This account's older entries may have expired while its latest has not (or all of them,
     // with the clock set back between two ends, which #expire's early stop can miss).
     const fresh = list.findIndex((entry) => !this.#expired(entry, now));
     if (fresh < 0) {
-      this.#old.delete(bareJid);
-      return undefined;
+      this.#forget(bareJid);
+      return this.#flush();
     }
-    if (fresh > 0) list.splice(0, fresh);
-    return list.find((entry) => entry.old.id === id)?.old;
+    if (fresh > 0) for (const entry of list.splice(0, fresh)) this.#gone.push(entry.idHash);
+    this.#flush();
+    const idHash = hashId(id);
+    const entry = list.find((e) => e.idHash === idHash);
+    return entry && { id, h: entry.h, condition: entry.condition };
   }
 
   /**
@@ -127,17 +167,30 @@ export class SessionRegistry<S extends Resumable> {
     this.#live.delete(id);
     if (finalH === undefined || this.#maxOld === 0) return;
     const now = this.#now();
-    const list = this.#old.get(session.bareJid) ?? [];
-    list.push({ old: { id, h: finalH, condition }, endedAt: now });
-    if (list.length > this.#maxOld) list.shift();
+    const entry: OldEntry = { idHash: hashId(id), h: finalH, condition, endedAt: now };
+    const write = () => {
+      this.#store?.oldSessions.put({ ...entry, bareJid: session.bareJid });
+      this.#remember(session.bareJid, entry);
+      this.#expire(now);
+      this.#flush();
+    };
+    // One transaction: the insert and whatever it pushes out reach the disk together.
+    if (this.#store) this.#store.transaction(write);
+    else write();
+  }
+
+  /** Adds an ended session, then applies the per-account and proxy-wide bounds. */
+  #remember(bareJid: string, entry: OldEntry): void {
+    const list = this.#old.get(bareJid) ?? [];
+    list.push(entry);
+    if (list.length > this.#maxOld) this.#gone.push(list.shift()!.idHash);
     // To the back: the accounts stay in the order their latest session ended.
-    this.#old.delete(session.bareJid);
-    this.#old.set(session.bareJid, list);
-    for (const bareJid of this.#old.keys()) {
+    this.#old.delete(bareJid);
+    this.#old.set(bareJid, list);
+    for (const oldest of this.#old.keys()) {
       if (this.#old.size <= this.#maxAccounts) break;
-      this.#old.delete(bareJid);
+      this.#forget(oldest);
     }
-    this.#expire(now);
   }
 
   #expired(entry: OldEntry, now: number): boolean {
@@ -148,8 +201,22 @@ export class SessionRegistry<S extends Resumable> {
   #expire(now: number): void {
     for (const [bareJid, list] of this.#old) {
       if (!this.#expired(list.at(-1)!, now)) break;
-      this.#old.delete(bareJid);
+      this.#forget(bareJid);
     }
+  }
+
+  /** Forgets an account's ended sessions. */
+  #forget(bareJid: string): void {
+    for (const entry of this.#old.get(bareJid) ?? []) this.#gone.push(entry.idHash);
+    this.#old.delete(bareJid);
+  }
+
+  /** Deletes what was forgotten from the store (before the public method that forgot it returns). */
+  #flush(): undefined {
+    if (this.#gone.length === 0) return;
+    const hashes = this.#gone;
+    this.#gone = [];
+    this.#store?.oldSessions.delete(hashes);
   }
 
   /** All live sessions (for shutdown). */
