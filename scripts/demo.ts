@@ -195,6 +195,8 @@ try {
     tls: { certFile, keyFile: join(prosody.dir, 'proxy-key.pem') },
     upstream: { host: prosody.host, port: prosody.c2sPort, tls: 'required', caFile: prosody.caFile },
     listen: { starttls: [`127.0.0.1:${port}`], directTls: [`127.0.0.1:${tlsPort}`] },
+    storage: { dataDir: join(prosody.dir, 'proxy-data') },
+    metrics: { listen: 'none' },
     log: { level: 'info' },
   });
   proxy = await startProxy(config, log);

@@ -256,7 +256,10 @@ export async function main(argv: string[]): Promise<void> {
     const { startProxy } = await import('./proxy.ts');
     proxy = await startProxy(cl.config, log);
   } catch (err) {
-    log.fatal({ err }, 'failed to start');
+    // A port in use, an unusable certificate or store: the message names it (the store's, its file).
+    const message = err instanceof Error ? err.message : String(err);
+    log.fatal({ err }, `failed to start: ${message}`);
+    process.stderr.write(`xmpp-sm-proxy: ${message}\n`);
     process.exitCode = 1;
     return;
   }

@@ -15,13 +15,10 @@ import { SessionRegistry } from './sm/registry.ts';
 import type { Session } from './session/session.ts';
 import { SessionManager } from './session/manager.ts';
 import { HeldMessages } from './session/held-messages.ts';
+import { HibernationJournal } from './session/hibernation-journal.ts';
+import { openStore } from './storage/sqlite-store.ts';
+import type { Store } from './storage/store.ts';
 import { StreamError } from './xml/stream-error.ts';
-
-/**
- * At shutdown, how long sessions wait for their clients' last acks and the server's custody
- * confirmations (ms) before they end: well within the 10 s a SIGTERM leaves (process-guard.ts).
- */
-const SHUTDOWN_ACK_WAIT_MS = 3000;
 
 /** A running proxy. */
 export interface Proxy {
@@ -59,8 +56,19 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   let secureContext = tls.createSecureContext({ key: certificate.key, cert: certificate.cert });
   let certificateNotAfter = certificate.notAfter;
 
-  const registry = new SessionRegistry<Session>(config.sm.maxOldSessions);
-  const held = new HeldMessages(config.sm.maxHeldMessages, { ttlMs: config.sm.heldMessagesTtlSeconds * 1000, maxBytes: config.sm.maxHeldBytes });
+  // Design §4.8: what the proxy keeps for users outlives it. A store that cannot be opened or
+  // read fails the start (StoreError names the file).
+  const store = openStore(config.storage.dataDir, { log });
+  let registry: SessionRegistry<Session>;
+  let held: HeldMessages;
+  try {
+    registry = new SessionRegistry<Session>(config.sm.maxOldSessions, { store });
+    held = new HeldMessages(config.sm.maxHeldMessages, { ttlMs: config.sm.heldMessagesTtlSeconds * 1000, maxBytes: config.sm.maxHeldBytes, store });
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+  log.info({ path: store.path, held: held.size, heldAccounts: held.accounts, oldAccounts: registry.oldAccounts }, 'storage opened');
   const logins = new LoginLimiter(config.upstream.maxConcurrentLogins);
   const clients = new Set<ClientStream>();
   const upstreamTrust = config.upstream.caFile
@@ -87,6 +95,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     hibernationSeconds: config.sm.hibernationSeconds,
     output: { maxSendBufferBytes: config.limits.maxSendBufferBytes, sendTimeoutSeconds: config.limits.sendTimeoutSeconds },
     held,
+    journal: new HibernationJournal<Session>(store.heldMessages, (fn) => store.transaction(fn)),
     duplicateWindow: config.upstream.duplicateWindow,
     upstream: {
       open: (credential, domain) => UpstreamLink.open(upstreamOptions(domain), credential),
@@ -134,6 +143,9 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     const client = new ClientStream(socket, direct, clientDeps, admission);
     clients.add(client);
     client.once('close', () => clients.delete(client));
+  }).catch((err: unknown) => {
+    store.close();
+    throw err;
   });
   const addresses = {
     starttls: servers.slice(0, config.listen.starttls.length).map((s) => s.address() as AddressInfo),
@@ -179,12 +191,13 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       const closed = Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
       gate.close();
       for (const client of [...clients]) if (!client.established) client.fail(new StreamError('system-shutdown', 'the proxy is shutting down'));
-      await manager.shutdown(SHUTDOWN_ACK_WAIT_MS);
+      await manager.shutdown(config.shutdown.ackWaitMs);
       // Peers get a moment to close their side; then their sockets go.
       const grace = new Promise((resolve) => setTimeout(resolve, config.shutdown.closeGraceMs).unref());
       await Promise.race([closed, grace]);
       for (const client of [...clients]) client.destroy();
       await closed;
+      store.close();
     },
   };
 }

@@ -76,8 +76,11 @@ export async function startProxyProcess(o: ProxyProcessOptions): Promise<ProxyPr
   const configDir = o.config ? await mkdtemp(path.join(os.tmpdir(), 'bench-proxy-config-')) : undefined;
   const configFile = configDir ? path.join(configDir, 'config.json') : undefined;
   if (configFile) await writeFile(configFile, JSON.stringify(o.config, null, 2) + '\n');
+  // The proxy's store: its own, thrown away with it.
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'bench-proxy-data-'));
   const removeConfig = async (): Promise<void> => {
     if (configDir) await rm(configDir, { recursive: true, force: true });
+    await rm(dataDir, { recursive: true, force: true });
   };
   const args = [
     ...(o.nodeArgs ?? []),
@@ -91,6 +94,8 @@ export async function startProxyProcess(o: ProxyProcessOptions): Promise<ProxyPr
     '--listen', `127.0.0.1:${o.listenPort}`,
     '--listen-tls', `127.0.0.1:${o.listenTlsPort}`,
     '--log-level', o.logLevel ?? 'warn',
+    '--data-dir', dataDir,
+    '--metrics', 'none',
   ];
   // setpriv --pdeathsig: the kernel kills the proxy if the benchmark dies without cleaning up.
   // setpriv execs node, so the PID is the proxy's own.

@@ -16,6 +16,9 @@
  * - `{cmd:'exit'}`  → exits at once (the benchmark measures nothing after it).
  * At start it sends `{ready: true, port}` (or `{error}`).
  */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import v8 from 'node:v8';
 import pino from 'pino';
 import { startProxy, type Proxy } from '../../src/proxy.ts';
@@ -80,6 +83,8 @@ async function main(): Promise<void> {
     // Every client of the benchmark connects from 127.0.0.1, and a batch of resumes (200 by
     // default) is unauthenticated at once: the per-address limit would refuse most of it.
     limits: { ...DEFAULTS.limits, maxUnauthenticated: 100_000, maxUnauthenticatedPerIp: 100_000 },
+    storage: { dataDir: mkdtempSync(join(tmpdir(), 'bench-proxy-data-')) },
+    metrics: { listen: null },
     log: { level: 'warn' },
   };
   const proxy = await startProxy(config, pino({ level: 'warn' }, pino.destination(2)));

@@ -379,6 +379,11 @@ const fields = z.strictObject({
     timeoutSeconds: seconds(1)
       .default(10)
       .describe('SIGTERM/SIGINT: the process exits within this long whatever state the sessions are in (exit code 1 if cut short) (seconds).'),
+    ackWaitMs: integer(0, 2 ** 31 - 1, 'a non-negative integer (ms)')
+      .default(3000)
+      .describe(
+        "At shutdown, each session waits this long at most for its client's ack of what it was sent and for the server's confirmation of what the client sent, so that neither is delivered twice after the restart (ms; less than `timeoutSeconds`).",
+      ),
     closeGraceMs: integer(0, 2 ** 31 - 1, 'a non-negative integer (ms)')
       .default(1000)
       .describe(
@@ -429,10 +434,10 @@ function crossKeyChecks(c: z.output<typeof fields>, ctx: z.core.$RefinementCtx<z
     listen[name].forEach((a, i) => use(a, ['listen', name, i], `listen.${name}[${i}]`));
   }
   if (c.metrics.listen !== null) use(c.metrics.listen, ['metrics', 'listen'], 'metrics.listen');
-  if (c.shutdown.closeGraceMs >= c.shutdown.timeoutSeconds * 1000) {
+  if (c.shutdown.ackWaitMs + c.shutdown.closeGraceMs >= c.shutdown.timeoutSeconds * 1000) {
     issue(
       ['shutdown', 'closeGraceMs'],
-      `config: shutdown.closeGraceMs (${c.shutdown.closeGraceMs} ms) must be less than shutdown.timeoutSeconds (${c.shutdown.timeoutSeconds} s), or the deadline cuts every shutdown short`,
+      `config: shutdown.ackWaitMs + shutdown.closeGraceMs (${c.shutdown.ackWaitMs + c.shutdown.closeGraceMs} ms) must be less than shutdown.timeoutSeconds (${c.shutdown.timeoutSeconds} s), or the deadline cuts every shutdown short`,
     );
   }
 }

@@ -78,6 +78,10 @@ export class HeldMessages {
   #gone: StoreKey[] = [];
   /** Messages dropped for any reason (an account's hold full, expired, over the proxy-wide size). */
   dropped = 0;
+  /** Messages taken into the hold by `hold` (not those loaded from the store at start). */
+  stored = 0;
+  /** Messages handed out by `take` for delivery. */
+  delivered = 0;
   /** Of `dropped`: older than the TTL. */
   droppedExpired = 0;
   /** Of `dropped`: the oldest held proxy-wide, over `maxBytes`. */
@@ -134,7 +138,9 @@ export class HeldMessages {
     return this.batch(() => {
       const now = this.#now();
       this.#sweepIfDue(now);
-      const kept = !this.#refused(stanza, now) && this.#add(bareJid, stanza, this.#store?.heldMessages.put(bareJid, stanza.xml, stanza.receivedAt));
+      const refused = this.#refused(stanza, now);
+      if (!refused) this.stored++;
+      const kept = !refused && this.#add(bareJid, stanza, this.#store?.heldMessages.put(bareJid, stanza.xml, stanza.receivedAt));
       this.#flush();
       return kept;
     });
@@ -202,6 +208,7 @@ export class HeldMessages {
     }
     this.#compact();
     this.#flush();
+    this.delivered += taken.length;
     return taken;
   }
 

@@ -14,6 +14,7 @@ import { StreamError } from '../xml/stream-error.ts';
 import type { QueuedStanza } from '../sm/outbound-queue.ts';
 import { prepJid, splitJid } from '../jid.ts';
 import type { HeldMessages } from './held-messages.ts';
+import type { HibernationJournal } from './hibernation-journal.ts';
 import type { Handover } from './handover.ts';
 import { settle } from './settle.ts';
 import { DuplicateWindow } from './duplicates.ts';
@@ -53,6 +54,8 @@ export interface SessionDeps {
   output: { maxSendBufferBytes: number; sendTimeoutSeconds: number };
   /** Messages held for accounts whose last session ended with them unacked. */
   held: HeldMessages;
+  /** Journals the queues of hibernated sessions in the store, for a crash (design §4.8); none without a store. */
+  journal?: HibernationJournal<Session>;
   /** Messages remembered per session to drop a second copy (`upstream.duplicateWindow`). */
   duplicateWindow: number;
   /** True when `session` is the only live session of its account at the proxy. */
@@ -225,9 +228,11 @@ export class Session extends EventEmitter {
       this.emit('duplicate-dropped');
       return;
     }
-    this.sm.send(el.raw, Date.now());
+    const now = Date.now();
+    this.sm.send(el.raw, now);
     const client = this.#client;
-    if (client && this.#stallTimer === undefined && client.backlog > this.#deps.output.maxSendBufferBytes) this.#holdUpstream(client);
+    if (!client) return this.#deps.journal?.queued(this, { xml: el.raw, receivedAt: now });
+    if (this.#stallTimer === undefined && client.backlog > this.#deps.output.maxSendBufferBytes) this.#holdUpstream(client);
   }
 
   /** Runs the stanza hooks of one direction: true when one consumed `el` (events.ts). */
@@ -408,6 +413,7 @@ export class Session extends EventEmitter {
   #hibernate(): void {
     this.log.info(`client vanished: hibernating for up to ${this.#deps.hibernationSeconds} s`);
     this.#hibernatedAt = Date.now();
+    this.#deps.journal?.hibernating(this, this.sm.unacked());
     this.#startHibernationTimer();
     this.emit('hibernating');
   }
@@ -478,6 +484,7 @@ export class Session extends EventEmitter {
     client.write(`<resumed xmlns='${NS.sm}' previd='${this.#resumeId}' h='${this.sm.inbound}'/>`);
     this.#follow(client);
     this.#attach(client);
+    this.#deps.journal?.release(this);
     const stanzas = this.sm.unacked();
     for (const s of stanzas) client.write(withDelay(s.xml, s.receivedAt, this.#domain));
     this.sm.requestAck();
@@ -516,7 +523,7 @@ export class Session extends EventEmitter {
       settle: () => {
         if (settled) return;
         settled = true;
-        this.#settleAll(unacked);
+        this.#deps.held.batch(() => this.#settleAll(unacked));
         if (unconfirmed.length > 0) this.log.warn({ lost: unconfirmed.length }, 'client stanzas of a retired session are lost: the bind that took its resource failed');
       },
     };
@@ -593,10 +600,13 @@ export class Session extends EventEmitter {
    */
   end(cause: EndCause, detail: string = cause): void {
     if (this.#ended) return;
-    const last = cause === 'shutdown' || this.#deps.isLastSession(this);
-    const counts = this.#settleAll([...this.#handedOver, ...this.sm.queue.drain()], last);
-    this.#handedOver = [];
-    this.#finish(cause, detail, `<presence type='unavailable'/>`, counts);
+    // One store transaction: what is held, the journal deleted and the old h reach the disk together.
+    this.#deps.held.batch(() => {
+      const last = cause === 'shutdown' || this.#deps.isLastSession(this);
+      const counts = this.#settleAll([...this.#handedOver, ...this.sm.queue.drain()], last);
+      this.#handedOver = [];
+      this.#finish(cause, detail, `<presence type='unavailable'/>`, counts);
+    });
   }
 
   /** Settles stanzas of an ending session the mod_smacks way (design §4.3); returns the counts. */
@@ -619,6 +629,7 @@ export class Session extends EventEmitter {
     const hibernating = this.#hibernatedAt !== 0;
     this.#ended = true;
     this.#endCause = cause;
+    this.#deps.journal?.release(this);
     clearTimeout(this.#hibernationTimer);
     if (this.#resumeId) {
       this.#deps.registry.remove(this.#resumeId, this, this.sm.inbound, this.sm.overflowed ? 'resource-constraint' : undefined);

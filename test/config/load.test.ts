@@ -422,7 +422,7 @@ t.test('new keys: defaults, bounds, cross-key checks', async (t) => {
   const c = buildConfig({ domains: ['a.test'] });
   t.same(c.storage, { dataDir: '/var/lib/xmpp-sm-proxy' });
   t.same(c.metrics, { listen: { host: '127.0.0.1', port: 9464 } }, 'metrics on loopback by default');
-  t.same(c.shutdown, { timeoutSeconds: 10, closeGraceMs: 1000 });
+  t.same(c.shutdown, { timeoutSeconds: 10, ackWaitMs: 3000, closeGraceMs: 1000 });
   t.same([c.limits.maxAuthAttempts, c.limits.maxPipelined, c.limits.closeGraceSeconds], [3, 100, 5]);
   t.same([c.sm.maxAckRequests, c.sm.ackRequestWindowSeconds], [100, 10]);
   t.same([c.upstream.gapFillPageSize, c.upstream.gapFillMaxPasses], [100, 3]);
@@ -457,7 +457,9 @@ t.test('new keys: defaults, bounds, cross-key checks', async (t) => {
   e = configError(t, () => buildConfig({ domains: ['a.test'], shutdown: { timeoutSeconds: 2, closeGraceMs: 2000 } }));
   t.equal(e.key, 'shutdown.closeGraceMs');
   t.match(e.message, 'must be less than shutdown.timeoutSeconds');
-  t.equal(buildConfig({ domains: ['a.test'], shutdown: { timeoutSeconds: 2, closeGraceMs: 0 } }).shutdown.closeGraceMs, 0);
+  e = configError(t, () => buildConfig({ domains: ['a.test'], shutdown: { timeoutSeconds: 4, ackWaitMs: 3000 } }));
+  t.match(e.message, 'shutdown.ackWaitMs + shutdown.closeGraceMs (4000 ms) must be less than');
+  t.equal(buildConfig({ domains: ['a.test'], shutdown: { timeoutSeconds: 2, ackWaitMs: 1000, closeGraceMs: 0 } }).shutdown.closeGraceMs, 0);
 
   // A relative dataDir in a config file is resolved against the file's folder, like the TLS files.
   const dir = t.testdir({ 'c.yaml': 'domains: [a.test]\nstorage:\n  dataDir: state\nmetrics:\n  listen: none\n' });

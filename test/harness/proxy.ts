@@ -2,6 +2,9 @@
  * Starts the proxy in-process in front of a harness Prosody, on loopback ports picked by the
  * kernel, and builds @xmpp/client instances pointed at it.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { client as xmppClient } from '@xmpp/client';
 import { startProxy, type Proxy } from '../../src/proxy.ts';
@@ -43,6 +46,10 @@ export function testConfig(prosody: UpstreamServer, overrides: DeepPartial<Confi
     tls: {},
     sm: { ...DEFAULTS.sm, ...overrides.sm },
     limits: { ...DEFAULTS.limits, ...overrides.limits },
+    // Each proxy its own store (a data dir is locked by the proxy using it); no metrics port.
+    storage: { dataDir: overrides.storage?.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'proxy-data-')) },
+    metrics: { listen: null },
+    shutdown: { ...DEFAULTS.shutdown, ackWaitMs: 1000, ...overrides.shutdown },
     log: { level: 'silent' },
   };
 }
@@ -57,7 +64,10 @@ export async function startTestProxy(prosody: UpstreamServer, overrides: DeepPar
     config,
     port: proxy.addresses.starttls[0]!.port,
     tlsPort: proxy.addresses.directTls[0]!.port,
-    close: () => proxy.close(),
+    async close() {
+      await proxy.close();
+      if (!overrides.storage?.dataDir) rmSync(config.storage.dataDir, { recursive: true, force: true });
+    },
   };
 }
 
