@@ -3,6 +3,8 @@
  * Openfire, no XEP-0198), and the proxy runs in front of it in this process on 127.0.0.1:5222
  * (STARTTLS) and 127.0.0.1:5223 (direct TLS) with a generated self-signed certificate.
  * Two accounts, alice and bob, get random passwords that are printed. Ctrl-C stops both.
+ * The proxy's log lines are human-readable (`[time] LEVEL: message key=value ...`,
+ * scripts/pretty-log.ts), secrets redacted as in the JSON lines of the real command.
  *
  * Ctrl-C, SIGTERM or SIGHUP stop the proxy, then Prosody, and remove Prosody's temp dir
  * (printed in the banner), also when stdout is a pipe whose reader is gone (`| tee`, Ctrl-C);
@@ -23,6 +25,7 @@ import { exitOnSignals, installCrashGuard } from '../src/process-guard.ts';
 import { startProxy, type Proxy } from '../src/proxy.ts';
 import { generateSelfSigned } from '../src/tls/certificates.ts';
 import { startProsody, type ProsodyInstance } from '../test/harness/prosody.ts';
+import { prettyDestination } from './pretty-log.ts';
 
 const USAGE = `Usage: bash scripts/demo.sh [options]   (or: npx tsx scripts/demo.ts [options])
 
@@ -122,7 +125,8 @@ const accounts = [
   { user: 'bob', password: password() },
 ];
 
-const log = createLogger('info');
+// Log lines for a person reading a terminal (the installed command logs JSON lines).
+const log = createLogger('info', prettyDestination(stdout));
 installCrashGuard(log);
 
 // Set before anything is started, so a signal during startup stops what has started so far

@@ -1,6 +1,7 @@
 /**
- * Runs the proxy as a child process (`node bin/xmpp-sm-proxy.js …`) so that its CPU time can be
- * read from /proc alone, apart from the benchmark's clients. Settings without a flag (such as
+ * Runs the proxy as a child process (`node --import tsx src/cli.ts …`: the sources, so that a
+ * stale or missing dist/ does not matter) so that its CPU time can be read from /proc alone,
+ * apart from the benchmark's clients. Settings without a flag (such as
  * `upstream.streamManagement`) go in a `--config` JSON file written to a temp dir.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -11,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 export interface ProxyProcessOptions {
-  /** Repository root (where bin/xmpp-sm-proxy.js lives). */
+  /** Repository root (where src/cli.ts lives). */
   root: string;
   domain: string;
   upstreamHost: string;
@@ -84,7 +85,9 @@ export async function startProxyProcess(o: ProxyProcessOptions): Promise<ProxyPr
   };
   const args = [
     ...(o.nodeArgs ?? []),
-    path.join(o.root, 'bin', 'xmpp-sm-proxy.js'),
+    '--import',
+    'tsx',
+    path.join(o.root, 'src', 'cli.ts'),
     ...(configFile ? ['--config', configFile] : []),
     '--domain', o.domain,
     '--upstream', `${o.upstreamHost}:${o.upstreamPort}`,

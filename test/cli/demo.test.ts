@@ -83,6 +83,8 @@ async function servedFingerprint(port: number): Promise<string> {
 
 t.test("the banner names the certificate's PEM file and the SHA-256 fingerprint the proxy serves", async (t) => {
   const demo = await startDemo(t);
+  // The log lines are for people (scripts/pretty-log.ts): time, level name, message, fields.
+  await demo.child.waitForStdout(/^\[\d\d:\d\d:\d\d\.\d{3}\] INFO: proxy listening starttls=\[\d+\] directTls=\[\d+\] /m, 1000);
   const fingerprint = (await demo.child.waitForStdout(/SHA-256\s+([0-9A-F]{2}(?::[0-9A-F]{2}){31})\s/, 1000))[1]!;
   const certFile = (await demo.child.waitForStdout(/certificate\s+(\S+\.pem)/, 1000))[1]!;
   t.equal(fingerprint, await servedFingerprint(demo.tlsPort), 'the fingerprint of the certificate served');
@@ -91,6 +93,9 @@ t.test("the banner names the certificate's PEM file and the SHA-256 fingerprint 
   demo.child.proc.kill('SIGINT');
   t.same(await demo.child.exited(MUST_EXIT_MS), { code: 0, signal: null }, 'exited with code 0');
   t.notOk(existsSync(certFile), 'the PEM file is removed with the temp dir');
+  const lines = demo.child.stdout().split('\n');
+  t.ok(lines.some((l) => /^\[[\d:.]+\] INFO: stopping signal=SIGINT deadlineMs=\d+$/.test(l)), 'the stop is logged, with its signal');
+  t.same(lines.filter((l) => l.startsWith('{')), [], 'no JSON log line');
 });
 
 t.test('a second signal: exit 1 at once, Prosody killed, temp dir removed', async (t) => {
@@ -100,7 +105,7 @@ t.test('a second signal: exit 1 at once, Prosody killed, temp dir removed', asyn
   demo.child.proc.kill('SIGTERM');
   const result = await demo.child.exited(MUST_EXIT_MS);
   t.same(result, { code: 1, signal: null }, 'exited with code 1');
-  t.match(demo.child.stdout(), /"msg":"second signal, exiting without waiting"/);
+  t.match(demo.child.stdout(), /^\[[\d:.]+\] WARN: second signal, exiting without waiting signal=SIGTERM$/m);
   t.notOk(existsSync(demo.dir), 'the temp dir is removed');
   t.ok(await eventually(() => processGone(demo.prosodyPid), 10_000), 'Prosody is stopped');
 });

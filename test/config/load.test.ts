@@ -17,7 +17,9 @@ import {
 } from '../../src/config/load.ts';
 import { formatConfig, parseArgs, parseCommandLine } from '../../src/cli.ts';
 
-const BIN = fileURLToPath(new URL('../../bin/xmpp-sm-proxy.js', import.meta.url));
+// The sources, through tsx: bin/xmpp-sm-proxy.js runs the build (dist/), which a checkout may
+// not have or may have stale; test/cli/pack.test.ts runs the built command.
+const CLI = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
 
 /** Runs `fn`, expects a ConfigError and returns it. */
 function configError(t: Pick<typeof tap, 'type' | 'fail'>, fn: () => unknown): ConfigError {
@@ -33,7 +35,7 @@ function configError(t: Pick<typeof tap, 'type' | 'fail'>, fn: () => unknown): C
 
 /** Runs the CLI in a child process. */
 function runCli(args: string[], env: NodeJS.ProcessEnv = {}) {
-  const r = spawnSync(process.execPath, [BIN, ...args], {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, ...args], {
     encoding: 'utf8',
     env: { ...process.env, ...env },
     timeout: 60_000,
