@@ -213,8 +213,11 @@ export function createMetrics(sources: MetricsSources): Metrics {
     'session-hibernating': () => hibernations.inc(),
     'session-resumed': (_s, { hibernatedMs }) => {
       resumedOk('none');
-      hibernationEnds('resumed');
-      hibernationDuration.observe(hibernatedMs / 1000);
+      // A resume that took a still-attached stream over (hibernatedMs 0) ended no hibernation.
+      if (hibernatedMs > 0) {
+        hibernationEnds('resumed');
+        hibernationDuration.observe(hibernatedMs / 1000);
+      }
     },
     'resume-failed': (reason) => resumeFailed(reason),
     'session-ended': (_s, end) => {

@@ -44,11 +44,13 @@ export function parseSamples(text: string): Sample[] {
   return samples;
 }
 
+/** A sample value as Prometheus reads it (Go's ParseFloat: Inf and NaN in any case; prom-client writes `Nan`). */
 function parseValue(text: string): number {
-  if (text === '+Inf') return Infinity;
-  if (text === '-Inf') return -Infinity;
+  if (/^[+]?inf$/i.test(text)) return Infinity;
+  if (/^-inf$/i.test(text)) return -Infinity;
+  if (/^nan$/i.test(text)) return NaN;
   const value = Number(text);
-  if (Number.isNaN(value) && text !== 'NaN') throw new Error(`bad sample value ${text}`);
+  if (Number.isNaN(value)) throw new Error(`bad sample value ${text}`);
   return value;
 }
 
