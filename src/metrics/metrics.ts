@@ -69,6 +69,9 @@ export interface Metrics {
   close(): void;
 }
 
+/** prom-client default metrics left out: gauges with a `_total` suffix. */
+const MISNAMED_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
 // Buckets. Queue depth in stanzas (mod_smacks' default queue limit is 500); times in seconds.
 const QUEUE_DEPTH_BUCKETS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500];
 const RECONNECT_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
@@ -86,6 +89,9 @@ const HIBERNATION_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 21600,
 export function createMetrics(sources: MetricsSources): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  // Gauges named like counters (promtool flags them); each is the sum of its labeled sibling
+  // (e.g. sum(nodejs_active_handles)), so nothing is lost.
+  for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name);
   const registers = [registry];
   const { manager, held } = sources;
 
