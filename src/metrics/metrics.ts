@@ -65,7 +65,10 @@ export interface Metrics {
   readonly registry: Registry;
   /** `MetricsSources.ready`. */
   ready(): boolean;
-  /** Stops listening to the manager (events and hooks); the registry keeps its last values. */
+  /**
+   * Stops listening to the manager (events and hooks); the registry keeps its last values.
+   * (prom-client's process collectors, e.g. its event-loop monitor, cannot be stopped.)
+   */
   close(): void;
 }
 
@@ -97,7 +100,11 @@ export function createMetrics(sources: MetricsSources): Metrics {
 
   const counter = <L extends string = never>(name: string, help: string, labelNames: readonly L[] = []) =>
     new Counter<L>({ name: PREFIX + name, help, labelNames, registers });
-  const histogram = (name: string, help: string, buckets: number[]) => new Histogram({ name: PREFIX + name, help, buckets, registers });
+  /** A histogram's observe; a value that is not a finite number is skipped (prom-client would throw into the emitter). */
+  const histogram = (name: string, help: string, buckets: number[]) => {
+    const h = new Histogram({ name: PREFIX + name, help, buckets, registers });
+    return (value: number) => Number.isFinite(value) && h.observe(value);
+  };
   /** A counter whose value is a monotonically increasing number of the source, read at each scrape. */
   const sourcedCounter = (name: string, help: string, read: () => number | undefined) =>
     new Counter({
@@ -130,7 +137,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
 
   new Gauge({
     name: PREFIX + 'sessions',
-    help: 'Live sessions by state (attached, hibernated: waiting for a resume, reconnecting: upstream link being replaced).',
+    help: 'Live sessions by state: attached, hibernated (waiting for a resume), reconnecting (upstream link being replaced) (sessions).',
     labelNames: ['state'],
     registers,
     collect() {
@@ -148,7 +155,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
   const countOut: StanzaHook = (el) => void stanzasOut[kindIndex(el.name)]!++;
   new Counter({
     name: PREFIX + 'stanzas_total',
-    help: 'Stanzas relayed, by direction (in: from clients, out: from the upstream towards clients, duplicates included) and kind.',
+    help: 'Stanzas relayed, by direction (in: from clients, out: from the upstream towards clients, duplicates included) and kind (stanzas).',
     labelNames: ['direction', 'kind'],
     registers,
     collect() {
@@ -162,39 +169,39 @@ export function createMetrics(sources: MetricsSources): Metrics {
 
   // ---- counters fed by events -------------------------------------------------------------------
   const logins = fixedLabelCounter(
-    counter('client_logins_total', 'Client SASL logins by result: success, or the RFC 6120 §6.5 condition the client got.', ['result']),
+    counter('client_logins_total', 'Client SASL logins by result: success, or the RFC 6120 §6.5 condition the client got (logins).', ['result']),
     'result',
     LOGIN_RESULTS,
   );
-  const sessionsStarted = counter('sessions_started_total', 'Sessions started (a client bound a resource).');
-  const sessionsEnded = fixedLabelCounter(counter('sessions_ended_total', 'Sessions ended, by cause.', ['cause']), 'cause', END_CAUSES);
+  const sessionsStarted = counter('sessions_started_total', 'Sessions started: a client bound a resource (sessions).');
+  const sessionsEnded = fixedLabelCounter(counter('sessions_ended_total', 'Sessions ended, by cause (sessions).', ['cause']), 'cause', END_CAUSES);
   const settled = fixedLabelCounter(
-    counter('settled_stanzas_total', "Unacked stanzas of ended sessions, by how they were settled (archived by the server, held for the account's next login, bounced to the sender, dropped).", ['outcome']),
+    counter('settled_stanzas_total', "Unacked stanzas of ended sessions (stanzas), by how they were settled: archived by the server, held for the account's next login, bounced to the sender, dropped.", ['outcome']),
     'outcome',
     SETTLE_OUTCOMES,
   );
-  const acksReceived = counter('sm_acks_received_total', 'XEP-0198 acks (<a/>) received from clients.');
-  const ackRequests = counter('sm_ack_requests_total', 'XEP-0198 ack requests (<r/>) sent to clients.');
-  const acksDelayed = counter('sm_acks_delayed_total', 'Ack requests to clients left unanswered for sm.maxAckDelaySeconds.');
+  const acksReceived = counter('sm_acks_received_total', 'XEP-0198 acks (<a/>) received from clients (acks).');
+  const ackRequests = counter('sm_ack_requests_total', 'XEP-0198 ack requests (<r/>) sent to clients (requests).');
+  const acksDelayed = counter('sm_acks_delayed_total', 'Ack requests to clients left unanswered for sm.maxAckDelaySeconds (requests).');
   const queueDepth = histogram('sm_queue_depth', "Stanzas in a client's unacked queue when an ack request went out (stanzas).", QUEUE_DEPTH_BUCKETS);
-  const resumptions = counter('resumptions_total', 'XEP-0198 resumption attempts by result, and reason of a failure (none for a success).', ['result', 'reason']);
+  const resumptions = counter('resumptions_total', 'XEP-0198 resumption attempts by result, and reason of a failure: none for a success (attempts).', ['result', 'reason']);
   const resumedOk = fixedLabelCounter(resumptions, 'reason', ['none'], { result: 'success' });
   const resumeFailed = fixedLabelCounter(resumptions, 'reason', RESUME_FAILURES, { result: 'failed' });
-  const hibernations = counter('hibernations_total', 'Sessions that started hibernating (their client vanished).');
+  const hibernations = counter('hibernations_total', 'Sessions that started hibernating: their client vanished (hibernations).');
   const hibernationEnds = fixedLabelCounter(
-    counter('hibernation_ends_total', 'Hibernations ended, by cause: resumed, or the cause of the session end.', ['cause']),
+    counter('hibernation_ends_total', 'Hibernations ended, by cause: resumed, or the cause of the session end (hibernations).', ['cause']),
     'cause',
     HIBERNATION_ENDS,
   );
   const hibernationDuration = histogram('hibernation_duration_seconds', 'How long a session hibernated before it was resumed (seconds).', HIBERNATION_BUCKETS);
-  const duplicates = counter('duplicates_dropped_total', 'Second copies of messages dropped before reaching the client.');
+  const duplicates = counter('duplicates_dropped_total', 'Second copies of messages dropped before reaching the client (messages).');
   const reconnects = fixedLabelCounter(
-    counter('upstream_reconnects_total', "Upstream links lost while their session went on (the proxy reconnects), by how the link ended.", ['reason']),
+    counter('upstream_reconnects_total', "Upstream links lost while their session went on (the proxy reconnects), by how the link ended (links).", ['reason']),
     'reason',
     LINK_END_KINDS,
   );
   const restored = fixedLabelCounter(
-    counter('upstream_links_restored_total', "Upstream links replaced after a loss, by how: resumed (the server's own SM) or bound (a new login).", ['how']),
+    counter('upstream_links_restored_total', "Upstream links replaced after a loss (links), by how: resumed with the server's own SM, or bound after a new login.", ['how']),
     'how',
     ['resumed', 'bound'],
   );
@@ -222,7 +229,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
       // A resume that took a still-attached stream over (hibernatedMs 0) ended no hibernation.
       if (hibernatedMs > 0) {
         hibernationEnds('resumed');
-        hibernationDuration.observe(hibernatedMs / 1000);
+        hibernationDuration(hibernatedMs / 1000);
       }
     },
     'resume-failed': (reason) => resumeFailed(reason),
@@ -233,20 +240,21 @@ export function createMetrics(sources: MetricsSources): Metrics {
     },
     'ack-requested': (_s, { unacked }) => {
       ackRequests.inc();
-      queueDepth.observe(unacked);
+      queueDepth(unacked);
     },
     'ack-received': () => acksReceived.inc(),
     'ack-delayed': () => acksDelayed.inc(),
     'upstream-down': (_s, { kind }) => reconnects(kind),
     'upstream-up': (_s, { downMs, resumed }) => {
       restored(resumed ? 'resumed' : 'bound');
-      reconnectDuration.observe(downMs / 1000);
+      reconnectDuration(downMs / 1000);
     },
-    'custody-confirmed': (_s, { latencyMs }) => custodyLatency.observe(latencyMs / 1000),
+    'custody-confirmed': (_s, { latencyMs }) => custodyLatency(latencyMs / 1000),
     'duplicate-dropped': () => duplicates.inc(),
   };
   const entries = Object.entries(listeners) as [keyof ProxyEventMap, (...args: unknown[]) => void][];
   for (const [name, listener] of entries) manager.events.on(name, listener as never);
+  // Hooks run in order and a consuming hook stops the rest: wire metrics before other features.
   manager.hooks.fromClient.push(countIn);
   manager.hooks.fromUpstream.push(countOut);
 
