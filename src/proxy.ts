@@ -17,6 +17,8 @@ import { SessionManager } from './session/manager.ts';
 import { HeldMessages } from './session/held-messages.ts';
 import { HibernationJournal } from './session/hibernation-journal.ts';
 import { openStore } from './storage/sqlite-store.ts';
+import { createMetrics, type Metrics } from './metrics/metrics.ts';
+import { startMetricsServer, type MetricsServer } from './metrics/server.ts';
 import type { Store } from './storage/store.ts';
 import { StreamError } from './xml/stream-error.ts';
 
@@ -32,6 +34,10 @@ export interface Proxy {
   held: HeldMessages;
   /** When the certificate in use expires (it changes with {@link reloadTls}). */
   readonly certificateNotAfter: Date;
+  /** The Prometheus metrics (design §3 `metrics/`); served on `metricsAddress` unless `metrics.listen` is none. */
+  metrics: Metrics;
+  /** The metrics endpoint's bound address (`/metrics`, `/healthz`, `/readyz`), if it listens. */
+  metricsAddress: AddressInfo | undefined;
   /**
    * Re-reads the certificate (the PEM pair or PKCS#12 file of `tlsOptions`, default the config's
    * `tls` section) and uses it for every later TLS handshake, STARTTLS and direct TLS; open
@@ -69,6 +75,15 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     throw err;
   }
   log.info({ path: store.path, held: held.size, heldAccounts: held.accounts, oldAccounts: registry.oldAccounts }, 'storage opened');
+  let metricsServer: MetricsServer | undefined;
+  let metrics: Metrics | undefined;
+  /** Undoes a start that failed after the store was opened. */
+  const release = async (err: unknown): Promise<never> => {
+    await metricsServer?.close();
+    metrics?.close();
+    store.close();
+    throw err;
+  };
   const logins = new LoginLimiter(config.upstream.maxConcurrentLogins);
   const clients = new Set<ClientStream>();
   const upstreamTrust = config.upstream.caFile
@@ -112,6 +127,10 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     },
     log,
   });
+  // First among the stanza hooks: hooks run in order and a consuming one stops the rest.
+  let listening = false;
+  metrics = createMetrics({ manager, held, certificateNotAfter: () => certificateNotAfter, ready: () => listening });
+  if (config.metrics.listen) metricsServer = await startMetricsServer(config.metrics.listen, metrics, log).catch(release);
 
   const clientDeps: ClientStreamDeps = {
     domains: new Set(config.domains),
@@ -143,10 +162,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     const client = new ClientStream(socket, direct, clientDeps, admission);
     clients.add(client);
     client.once('close', () => clients.delete(client));
-  }).catch((err: unknown) => {
-    store.close();
-    throw err;
-  });
+  }).catch(release);
+  listening = true;
   const addresses = {
     starttls: servers.slice(0, config.listen.starttls.length).map((s) => s.address() as AddressInfo),
     directTls: servers.slice(config.listen.starttls.length).map((s) => s.address() as AddressInfo),
@@ -164,6 +181,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     get certificateNotAfter() {
       return certificateNotAfter;
     },
+    metrics,
+    metricsAddress: metricsServer?.address,
     async reloadTls(tlsOptions = tlsSection) {
       try {
         if (tlsOptions.certFile === undefined && tlsOptions.keyFile === undefined && tlsOptions.pkcs12File === undefined) {
@@ -187,6 +206,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       }
     },
     async close() {
+      listening = false; // /readyz: 503 while draining
       // server.close() waits for open connections: stop accepting, end the streams, then wait.
       const closed = Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
       gate.close();
@@ -197,6 +217,8 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       await Promise.race([closed, grace]);
       for (const client of [...clients]) client.destroy();
       await closed;
+      await metricsServer?.close();
+      metrics.close();
       store.close();
     },
   };
