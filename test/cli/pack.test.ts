@@ -135,15 +135,15 @@ t.test('the installed command: --version and --help', async (t) => {
   t.equal(h.stderr, '', 'nothing on stderr');
 });
 
-t.test('the installed command runs the proxy: JSON log lines, SIGTERM stops it with exit code 0', async (t) => {
+t.test('the installed command runs the proxy: its store, its metrics, JSON log lines, SIGTERM stops it with exit code 0', async (t) => {
   const port = await freePort();
+  const metricsPort = await freePort();
   const config = path.join(tmp, 'config.yaml');
   // Port 1 on loopback: no client logs in, so the upstream is never dialled.
   writeFileSync(config, ['domains: [pack.test]', 'upstream: { host: 127.0.0.1, port: 1 }', `listen: { starttls: ["127.0.0.1:${port}"], directTls: none }`, ''].join('\n'));
-  const help = (await run(command, ['--help'], { cwd: tmp, timeoutMs: 60_000 })).stdout;
-  // The data directory (storage) flag, where this version has one: not the system's default.
-  const dataDir = /--data-dir\b/.test(help) ? ['--data-dir', path.join(tmp, 'data')] : [];
-  const child = spawn(command, ['--config', config, ...dataDir], { cwd: tmp, env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const dataDir = path.join(tmp, 'data');
+  const args = ['--config', config, '--data-dir', dataDir, '--metrics', `127.0.0.1:${metricsPort}`];
+  const child = spawn(command, args, { cwd: tmp, env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
@@ -164,6 +164,10 @@ t.test('the installed command runs the proxy: JSON log lines, SIGTERM stops it w
     poll();
   });
   t.ok(listening, 'the proxy logs that it listens', { stdout, stderr });
+  t.ok(existsSync(path.join(dataDir, 'xmpp-sm-proxy.sqlite')), 'its SQLite store (the native addon works once installed)');
+  const scrape = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+  t.equal(scrape.status, 200, 'its metrics endpoint answers');
+  t.match(await scrape.text(), /^xmpp_sm_proxy_build_info\{version="[^"]+"\} 1$/m, 'with its metrics');
   child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
   const result = await exited;

@@ -47,6 +47,8 @@ t.test('SIGHUP reloads the PEM pair without dropping connections', async (t) => 
       `  directTls: ["127.0.0.1:${direct}"]`,
       `tls: { certFile: ${JSON.stringify(certFile)}, keyFile: ${JSON.stringify(keyFile)} }`,
       'log: { level: info }',
+      'metrics: { listen: none }',
+      `storage: { dataDir: ${JSON.stringify(path.join(dir, 'data'))} }`,
       '',
     ].join('\n'),
   );

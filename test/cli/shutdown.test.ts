@@ -29,6 +29,8 @@ async function configFile(t: { teardown(fn: () => unknown): void }): Promise<str
       `  starttls: ["127.0.0.1:${await freePort()}"]`,
       '  directTls: none',
       'log: { level: info }',
+      'metrics: { listen: none }',
+      `storage: { dataDir: ${JSON.stringify(path.join(dir, 'data'))} }`,
       '',
     ].join('\n'),
   );

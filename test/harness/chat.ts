@@ -47,12 +47,16 @@ export async function chatPair(tp: TestProxy) {
  * A Prosody (STARTTLS required, {@link ACCOUNTS}) behind a {@link TcpRelay} for fault
  * injection, and the proxy in front with {@link FAST_UPSTREAM}; all stopped at the end of `t`.
  */
-export async function prosodyBehindRelay(t: { teardown(fn: () => unknown): void }, prosodyOptions: ProsodyOptions = {}): Promise<{ prosody: ProsodyInstance; relay: TcpRelay; tp: TestProxy }> {
+export async function prosodyBehindRelay(
+  t: { teardown(fn: () => unknown): void },
+  prosodyOptions: ProsodyOptions = {},
+  overrides: Omit<Parameters<typeof startTestProxy>[1], 'upstream'> = {},
+): Promise<{ prosody: ProsodyInstance; relay: TcpRelay; tp: TestProxy }> {
   const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, ...prosodyOptions });
   t.teardown(() => prosody.stop());
   const relay = await TcpRelay.start(prosody.c2sPort);
   t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port } });
+  const tp = await startTestProxy(prosody, { ...overrides, upstream: { ...FAST_UPSTREAM, port: relay.port } });
   t.teardown(() => tp.close());
   return { prosody, relay, tp };
 }

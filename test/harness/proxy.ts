@@ -48,7 +48,7 @@ export function testConfig(prosody: UpstreamServer, overrides: DeepPartial<Confi
     limits: { ...DEFAULTS.limits, ...overrides.limits },
     // Each proxy its own store (a data dir is locked by the proxy using it); no metrics port.
     storage: { dataDir: overrides.storage?.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'proxy-data-')) },
-    metrics: { listen: null },
+    metrics: { listen: null, ...overrides.metrics },
     shutdown: { ...DEFAULTS.shutdown, ackWaitMs: 1000, ...overrides.shutdown },
     log: { level: 'silent' },
   };

@@ -1,28 +1,20 @@
 // The proxy's metrics (issue 11.4) against a real proxy on real Prosody, read the way Prometheus
-// reads them: over HTTP from the endpoint, parsed from the text format. Real traffic moves each
+// reads them: over HTTP from the proxy's own endpoint (metrics.listen), parsed from the text format. Real traffic moves each
 // counter: logins (refused and accepted), SM chat with acks, a hibernation and its resume, a
 // failed resume, an upstream cut and reconnect, a takeover of a hibernated session, a session
 // end whose unacked message is held and delivered at the next login. No label may carry a JID,
 // resource or address.
 import t from 'tap';
-import pino from 'pino';
 import type { Element } from 'ltx';
 import { prosodyBehindRelay, sessionOf } from '../harness/chat.ts';
 import { RawClient } from '../harness/raw-client.ts';
 import { waitFor } from '../harness/proxy.ts';
-import { createMetrics } from '../../src/metrics/metrics.ts';
-import { startMetricsServer } from '../../src/metrics/server.ts';
 import { parseSamples, request, valueOf, type Sample } from './scrape.ts';
 
 const SM = 'urn:xmpp:sm:3';
 const P = 'xmpp_sm_proxy_';
-const { relay, tp } = await prosodyBehindRelay(t);
-let ready = false;
-const metrics = createMetrics({ manager: tp.proxy.manager, held: tp.proxy.held, certificateNotAfter: () => tp.proxy.certificateNotAfter, ready: () => ready });
-t.teardown(() => metrics.close());
-const server = await startMetricsServer({ host: '127.0.0.1', port: 0 }, metrics, pino({ level: 'silent' }));
-t.teardown(() => server.close());
-const port = server.address.port;
+const { relay, tp } = await prosodyBehindRelay(t, {}, { metrics: { listen: { host: '127.0.0.1', port: 0 } } });
+const port = tp.proxy.metricsAddress!.port;
 
 async function scrape(): Promise<Sample[]> {
   const got = await request(port, '/metrics');
@@ -63,11 +55,10 @@ function handled(client: RawClient): number {
 
 const chat = (to: string, body: string) => `<message to='${to}' type='chat'><body>${body}</body></message>`;
 
-t.test('endpoints: health, readiness before and after ready, 404', async (t) => {
+t.test('endpoints: health, readiness, 404', async (t) => {
   t.same((await request(port, '/healthz')).status, 200);
-  t.equal((await request(port, '/readyz')).status, 503, 'not ready before ready() is true');
-  ready = true;
-  t.equal((await request(port, '/readyz')).status, 200, 'ready after');
+  t.equal(tp.proxy.metricsAddress!.address, '127.0.0.1', 'on loopback');
+  t.equal((await request(port, '/readyz')).status, 200, 'ready: the listeners are up');
   t.equal((await request(port, '/other')).status, 404);
   const samples = await scrape();
   t.equal(valueOf(samples, P + 'build_info', { version: '0.1.0' }), 1, 'build info carries the version');
