@@ -3,6 +3,7 @@
  * Prosody, only a client that vanished keeps its session for a resume. Before, a client closed
  * for a flood or for bad input kept a resumable session (and its server login) for 600 s.
  */
+import type { SessionEnd } from '../../src/session/events.ts';
 import t, { type Test } from 'tap';
 import { startProsodyAndProxy, waitFor } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
@@ -16,7 +17,7 @@ async function resumable(resource: string) {
   const enabled = await client.next((el) => el.name === 'enabled');
   const session = sessionOf(tp, `alice@proxy.test/${resource}`);
   let ended = '';
-  session.once('ended', (reason: string) => (ended = reason));
+  session.once('ended', (end: SessionEnd) => (ended = end.detail));
   return { client, session, id: String(enabled.attrs.id), ended: () => ended };
 }
 

@@ -4,6 +4,7 @@
  * `upstream.reconnectGiveUpSeconds`. And a proxy-wide outage: the sessions come back without all
  * logging in at once (`upstream.maxConcurrentLogins`).
  */
+import type { SessionEnd } from '../../src/session/events.ts';
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
@@ -66,7 +67,7 @@ t.test('re-login refused (account deleted) on a live session: not-authorized for
   const aliceError = new Promise<{ condition: string; text: string }>((resolve) =>
     alice.on('error', (err: { name: string; condition: string; text: string }) => err.name === 'StreamError' && resolve(err)),
   );
-  const ended = new Promise<string>((resolve) => aliceSession.once('ended', resolve));
+  const ended = new Promise<string>((resolve) => aliceSession.once('ended', (end: SessionEnd) => resolve(end.detail)));
 
   await prosodyctl(prosody, 'deluser', 'alice@proxy.test');
   relay.cutAll();
@@ -105,7 +106,7 @@ t.test('re-login refused while hibernated: unacked chat messages held for the lo
   const queued = () => phone.session.sm.queue.unacked().filter((s) => s.xml.includes('unacked ')).length;
   t.equal(queued(), 3, 'the three messages wait unacked in the hibernated session');
 
-  const ended = new Promise<string>((resolve) => phone.session.once('ended', resolve));
+  const ended = new Promise<string>((resolve) => phone.session.once('ended', (end: SessionEnd) => resolve(end.detail)));
   await prosody.register('alice', 'alice-new-pw'); // a new password (and salt): the cached SCRAM keys are worthless
   relay.cutAll();
   t.match(await within(ended, 20_000, 'the session to end'), /refused the login/, 'the session ended: login refused');
@@ -153,7 +154,7 @@ t.test('upstream unreachable past reconnectGiveUpSeconds: remote-connection-fail
   const hibernated = await aliceResumable(tp, 'phone');
   hibernated.client.destroy();
   await waitFor(() => hibernated.session.hibernating, 'hibernating');
-  const ended = [liveSession, hibernated.session].map((s) => new Promise<string>((resolve) => s.once('ended', resolve)));
+  const ended = [liveSession, hibernated.session].map((s) => new Promise<string>((resolve) => s.once('ended', (end: SessionEnd) => resolve(end.detail))));
 
   const stopping = Date.now();
   await prosody.stop();
@@ -230,7 +231,7 @@ t.test('a changed password stops resuming once the cached credential is older th
   t.equal((await owner.next((el) => el.name === 'failed' || el.name === 'resumed')).name, 'resumed', 'the new password resumes it');
   // The session took the new credential: its next re-login works.
   let endedFor: string | undefined;
-  phone.session.once('ended', (reason: string) => (endedFor = reason));
+  phone.session.once('ended', (end: SessionEnd) => (endedFor = end.detail));
   await prosody.restart();
   await waitFor(() => phone.session.upstreamLinked || endedFor !== undefined, 'the link re-established with the new password', 20_000);
   t.equal(endedFor, undefined, 'no giving up');

@@ -6,6 +6,7 @@
  * With `limits.readTimeoutSeconds` and `sm.maxAckDelaySeconds` at 1 s, the proxy probes a silent
  * client after 1–1.25 s and drops it 1 s later. Outcomes are asserted, not timings.
  */
+import type { SessionEnd } from '../../src/session/events.ts';
 import * as fs from 'node:fs';
 import t from 'tap';
 import { xml } from '@xmpp/client';
@@ -115,7 +116,7 @@ t.test('a client without SM whose network died: its session ends', async (t) => 
   t.ok(tp.proxy.sessions.has(session));
   t.notOk(prosodyLog().includes(String(ping.attrs.id)), 'the answer never reached the server');
 
-  const ended = new Promise<string>((resolve) => session.once('ended', resolve));
+  const ended = new Promise<string>((resolve) => session.once('ended', (end: SessionEnd) => resolve(end.detail)));
   relay.blackhole();
   const reason = await Promise.race([ended, sleep(20_000).then(() => Promise.reject(new Error('session did not end within 20 s')))]);
   t.pass(`the session ended (${reason}) instead of hibernating`);

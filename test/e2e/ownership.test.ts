@@ -4,6 +4,7 @@
  * waits for custody, and a replaced stream that keeps writing. Also: accounts compare in their
  * RFC 7622 form (`Alice` resumes `alice`'s session). Raw clients drive each race exactly.
  */
+import type { SessionEnd } from '../../src/session/events.ts';
 import t from 'tap';
 import type { Element } from 'ltx';
 import { startProsody } from '../harness/prosody.ts';
@@ -166,7 +167,7 @@ t.test('a resuming client that vanishes during the custody wait leaves a hiberna
   t.teardown(() => tp2.close());
   const alice = await aliceWithResumption(tp2, 'phone');
   const session = sessionOf(tp2, 'alice@proxy.test/phone');
-  const ended = new Promise<string>((resolve) => session.once('ended', resolve));
+  const ended = new Promise<string>((resolve) => session.once('ended', (end: SessionEnd) => resolve(end.detail)));
   await waitFor(() => !session.hibernating && session.upstreamLinked, 'attached and linked');
   await sleep(300); // the presence is confirmed
   relay.freeze(); // the server hears nothing more: the next stanza stays unconfirmed

@@ -12,6 +12,7 @@ import type { Element } from 'ltx';
 import { freePort, startProsody, type ProsodyInstance } from '../harness/prosody.ts';
 import { RawClient } from '../harness/raw-client.ts';
 import { ACCOUNTS, waitFor } from '../harness/proxy.ts';
+import { TcpRelay } from '../harness/tcp-relay.ts';
 import { processGone, runTs, type Child } from '../cli/child.ts';
 
 const SM = 'urn:xmpp:sm:3';
@@ -100,6 +101,10 @@ t.test('SIGTERM: system-shutdown, then every unacked message once after the rest
 
   const alice = await online(port, 'alice', 'phone');
   const aliceGot = inbox(alice.client);
+  // erin's connection goes half-open: nothing she is sent arrives, nothing comes back, no FIN.
+  const relay = await TcpRelay.start(port);
+  t.teardown(() => relay.close());
+  const erin = await online(relay.port, 'erin', 'laptop');
   const { client: bob } = await RawClient.login({ port, user: 'bob', password: 'bob-pw', resource: 'pc' });
   const sent = Array.from({ length: 6 }, (_, i) => `term-${i + 1}`);
   for (const body of sent) bob.send(`<message to='alice@${prosody.domain}/phone' type='chat' id='${body}'><body>${body}</body></message>`);
@@ -107,12 +112,15 @@ t.test('SIGTERM: system-shutdown, then every unacked message once after the rest
   await waitFor(() => aliceGot().length === sent.length, 'alice gets the messages');
   // alice read them but never acked: her phone lost its network just then.
 
+  await roundTrip(erin.client, 'e0');
+  relay.blackhole();
   const streamError = alice.client.next((el) => el.name === 'stream:error');
   first.proc.kill('SIGTERM');
   const error = await streamError;
   t.ok(error.getChild('system-shutdown'), 'the client gets the system-shutdown stream error');
   const exit = await first.exited(30_000);
-  t.same(exit, { code: 0, signal: null }, 'the proxy exits 0 after SIGTERM');
+  // Exit code 1 would mean the shutdown deadline (shutdown.timeoutSeconds) cut it short.
+  t.same(exit, { code: 0, signal: null }, 'the proxy exits 0 after SIGTERM, a half-open client included');
   alice.client.destroy();
   bob.destroy();
 
