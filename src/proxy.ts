@@ -18,6 +18,7 @@ import { HeldMessages } from './session/held-messages.ts';
 import { HibernationJournal } from './session/hibernation-journal.ts';
 import { openStore } from './storage/sqlite-store.ts';
 import { createMetrics, type Metrics } from './metrics/metrics.ts';
+import { MucFeature } from './muc/feature.ts';
 import { startMetricsServer, type MetricsServer } from './metrics/server.ts';
 import type { Store } from './storage/store.ts';
 import { StreamError } from './xml/stream-error.ts';
@@ -131,6 +132,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   let listening = false;
   metrics = createMetrics({ manager, held, certificateNotAfter: () => certificateNotAfter, ready: () => listening });
   if (config.metrics.listen) metricsServer = await startMetricsServer(config.metrics.listen, metrics, log).catch(release);
+  const muc = new MucFeature(manager, config.muc, log);
 
   const clientDeps: ClientStreamDeps = {
     domains: new Set(config.domains),
@@ -218,6 +220,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       for (const client of [...clients]) client.destroy();
       await closed;
       await metricsServer?.close();
+      muc.close();
       metrics.close();
       store.close();
     },

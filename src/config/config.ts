@@ -367,6 +367,16 @@ const fields = z.strictObject({
           "Folder of the durable store (held messages, old sessions' `h`, push registrations), writable by the proxy's user; not checked here: the store opens it at start and the proxy does not start if it cannot.",
       }),
   }),
+  muc: section({
+    rejoin: bool
+      .default(true)
+      .describe(
+        "After an upstream reconnect (a new server session, which every joined room saw leave), rejoin each room the client is in with its last presence to it, asking history since the last message it got; a room that refuses gets it the not-joined notice (status 110 + 333).",
+      ),
+    maxRoomsPerSession: count(1)
+      .default(1000)
+      .describe('Rooms tracked per session (joined or joining); joins beyond it are not tracked (no rejoin, no notice) (rooms).'),
+  }),
   metrics: section({
     listen: listenAddress
       .default(() => ({ host: '127.0.0.1', port: 9464 }))

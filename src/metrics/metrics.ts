@@ -206,6 +206,12 @@ export function createMetrics(sources: MetricsSources): Metrics {
     ['resumed', 'bound'],
   );
   const reconnectDuration = histogram('upstream_reconnect_duration_seconds', 'Time from an upstream link loss to its replacement (seconds).', RECONNECT_BUCKETS);
+  const mucRejoins = fixedLabelCounter(
+    counter('muc_rejoins_total', 'Group chat rejoins after an upstream reconnect, by outcome: joined, or refused by the room (rejoins).', ['outcome']),
+    'outcome',
+    ['joined', 'refused'],
+  );
+  const mucNotices = counter('muc_notices_total', 'Not-joined notices (status 110 + 333) sent to clients for rooms they were out of (notices).');
   const custodyLatency = histogram('custody_ack_latency_seconds', 'Time from a custody barrier (ping or <r/>) to the upstream confirming it (seconds).', CUSTODY_BUCKETS);
 
   // ---- gauges and counters read from sources ---------------------------------------------------
@@ -251,6 +257,8 @@ export function createMetrics(sources: MetricsSources): Metrics {
     },
     'custody-confirmed': (_s, { latencyMs }) => custodyLatency(latencyMs / 1000),
     'duplicate-dropped': () => duplicates.inc(),
+    'muc-rejoin': (_s, outcome) => mucRejoins(outcome),
+    'muc-notice': () => mucNotices.inc(),
   };
   const entries = Object.entries(listeners) as [keyof ProxyEventMap, (...args: unknown[]) => void][];
   for (const [name, listener] of entries) manager.events.on(name, listener as never);

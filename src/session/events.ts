@@ -111,6 +111,10 @@ export interface ProxyEventMap {
   'custody-confirmed': [session: Session, info: { stanzas: number; latencyMs: number }];
   /** A second copy of a message was dropped before reaching the client (an upstream fault's). */
   'duplicate-dropped': [session: Session];
+  /** A room rejoin after an upstream reconnect (design §4.6) was answered: `joined` or `refused`. */
+  'muc-rejoin': [session: Session, outcome: 'joined' | 'refused'];
+  /** The client was told it is no longer in a room (status 110 + 333). */
+  'muc-notice': [session: Session];
 }
 
 /**
@@ -128,4 +132,10 @@ export interface StanzaHooks {
   readonly fromClient: StanzaHook[];
   /** Upstream → client stanzas, before the duplicate check and the unacked queue. */
   readonly fromUpstream: StanzaHook[];
+  /**
+   * Called when a session's upstream is replaced by a new login (design §4.5, not when the
+   * server's own XEP-0198 session was resumed): stanzas of the proxy's own to send on the new
+   * link after the replayed presence and before the client's held stanzas (MUC rejoins, §4.6).
+   */
+  readonly relink: Array<(session: Session) => string[]>;
 }

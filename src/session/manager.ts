@@ -58,7 +58,7 @@ export class SessionManager {
   /** The proxy's event surface (payloads: ProxyEventMap). */
   readonly events = new EventEmitter<ProxyEventMap>();
   /** Stanza hooks of features, shared by every session (events.ts). */
-  readonly hooks: StanzaHooks = { fromClient: [], fromUpstream: [] };
+  readonly hooks: StanzaHooks = { fromClient: [], fromUpstream: [], relink: [] };
   readonly #sessions = new Set<Session>();
   /** Live sessions per bare JID (for the last-session rule of design §4.3). */
   readonly #byAccount = new Map<string, Set<Session>>();

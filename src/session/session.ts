@@ -142,7 +142,7 @@ export class Session extends EventEmitter {
     this.sm.on('ack-offset', (n: number) => this.log.info(`client counted ${n} stanzas sent before <enabled/>; tolerated`));
     this.sm.on('requested', (unacked: number) => this.emit('ack-requested', { unacked }));
     this.sm.on('acked', (acked: number, unacked: number) => this.emit('ack-received', { acked, unacked }));
-    this.#upstreamDeps = { ...deps.upstream, log: this.log };
+    this.#upstreamDeps = { ...deps.upstream, log: this.log, relinkState: () => this.#relinkState() };
     this.#upstream = new Upstream(this.#upstreamDeps, upstream, this.fullJid);
     this.#upstream.on('element', (el: TopLevel) => this.#fromUpstream(el));
     this.#upstream.on('confirmed', (counted: number) => this.sm.confirm(counted));
@@ -246,6 +246,19 @@ export class Session extends EventEmitter {
       }
     }
     return false;
+  }
+
+  /** What the features send on a new upstream link (StanzaHooks.relink); a feature's bug costs only its part. */
+  #relinkState(): string[] {
+    const out: string[] = [];
+    for (const hook of this.#deps.hooks.relink) {
+      try {
+        out.push(...hook(this));
+      } catch (err) {
+        this.log.error({ err }, 'a relink hook failed');
+      }
+    }
+    return out;
   }
 
   /**

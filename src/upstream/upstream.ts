@@ -30,6 +30,11 @@ export interface UpstreamDeps {
   reconnect: ReconnectOptions;
   /** Use the server's own XEP-0198 acks for custody when it offers them (design §4.4). */
   serverAcks: boolean;
+  /**
+   * Stanzas of the proxy's own for a new link (not a resumed one), sent after the replayed
+   * presence and before the held client stanzas: features' state such as MUC rejoins (§4.6).
+   */
+  relinkState?: () => string[];
   /** Client stanzas held in custody (bytes) past which the client is not read (`upstream.maxCustodyBytes`). */
   maxCustodyBytes: number;
   /** How the archive is read to fill a gap after a reconnect (`upstream.gapFillPageSize`, `upstream.gapFillMaxPasses`). */
@@ -440,6 +445,7 @@ export class Upstream extends EventEmitter {
       this.#own(link.request((id) => `<iq type='set' id='${id}'>${carbons}</iq>`, this.#deps.reconnect.requestTimeoutMs), 'replaying carbons');
     }
     if (this.#csi) link.send(this.#csi);
+    for (const xml of this.#deps.relinkState?.() ?? []) link.send(xml);
   }
 
   /** Design §4.1.3: the password is kept only while the session lives. */

@@ -162,6 +162,7 @@ t.test('every flag maps to its key', async (t) => {
     sm: { ...DEFAULTS.sm, hibernationSeconds: 0, maxQueueSize: 7 },
     limits: { ...DEFAULTS.limits, maxStanzaBytes: 1024, maxDepth: 32 },
     storage: { dataDir: join(dir, 'data') },
+    muc: DEFAULTS.muc,
     metrics: { listen: { host: '::1', port: 9000 } },
     shutdown: DEFAULTS.shutdown,
     log: { level: 'debug' },
