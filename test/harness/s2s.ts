@@ -48,9 +48,9 @@ export interface FederatedServer extends ProsodyInstance {
   readonly s2sPort: number;
   /**
    * SIGTERM, wait for exit, start again on the same ports with the same data, and resolve once
-   * both c2s and s2s listen. After a graceful stop Prosody saves the occupants of persistent
-   * rooms too (see the observations in s2s.test.ts). Also what starts a server again after
-   * {@link crash}.
+   * both c2s and s2s listen. On a graceful stop Prosody saves every live room (temporary ones
+   * too) with its occupants and history, so occupants on the other server stay joined (see the
+   * observations in s2s.test.ts). Also what starts a server again after {@link crash}.
    */
   restart(): Promise<void>;
   /**
