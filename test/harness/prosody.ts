@@ -83,7 +83,7 @@ const READY_TIMEOUT_MS = 15_000;
 const STOP_GRACE_MS = 5_000;
 
 /** Quote a JS string as a Lua string literal (paths and user input go into the config). */
-function lua(value: string): string {
+export function lua(value: string): string {
   let out = '"';
   for (const ch of value) {
     const code = ch.codePointAt(0)!;
