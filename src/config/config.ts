@@ -376,6 +376,20 @@ const fields = z.strictObject({
     maxRoomsPerSession: count(1)
       .default(1000)
       .describe('Rooms tracked per session (joined or joining); joins beyond it are not tracked (no rejoin, no notice) (rooms).'),
+    pingDelaySeconds: seconds(0)
+      .default(60)
+      .describe("Wait after a trigger (an s2s error from a room's domain, an error from the room, a resume after hibernation, an idle room) before the XEP-0410 self-ping (Prosody's ping_muc_delay) (seconds)."),
+    pingTimeoutSeconds: seconds(1)
+      .default(30)
+      .describe('A self-ping unanswered this long counts as no answer: undecided, retried with backoff, never a kick (seconds).'),
+    maxPingsPerSecond: count(1)
+      .default(20)
+      .describe('Self-pings sent per second, proxy-wide; more wait their turn, none is dropped (pings/s).'),
+    idlePingSeconds: seconds(0)
+      .default(3600)
+      .describe(
+        'A joined room silent this long gets a self-ping (0: never); busy rooms never do. Keep sessions × quiet rooms ÷ this under maxPingsPerSecond (seconds).',
+      ),
   }),
   metrics: section({
     listen: listenAddress

@@ -211,6 +211,11 @@ export function createMetrics(sources: MetricsSources): Metrics {
     'outcome',
     ['joined', 'refused'],
   );
+  const mucSelfPings = fixedLabelCounter(
+    counter('muc_self_pings_total', 'XEP-0410 self-ping rounds (with their retries) by outcome: joined, joined-nick-changed, not-joined, undecided (rounds).', ['outcome']),
+    'outcome',
+    ['joined', 'joined-nick-changed', 'not-joined', 'undecided'],
+  );
   const mucNotices = counter('muc_notices_total', 'Not-joined notices (status 110 + 333) sent to clients for rooms they were out of (notices).');
   const custodyLatency = histogram('custody_ack_latency_seconds', 'Time from a custody barrier (ping or <r/>) to the upstream confirming it (seconds).', CUSTODY_BUCKETS);
 
@@ -259,6 +264,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     'duplicate-dropped': () => duplicates.inc(),
     'muc-rejoin': (_s, outcome) => mucRejoins(outcome),
     'muc-notice': () => mucNotices.inc(),
+    'muc-self-ping': (_s, verdict) => mucSelfPings(verdict),
   };
   const entries = Object.entries(listeners) as [keyof ProxyEventMap, (...args: unknown[]) => void][];
   for (const [name, listener] of entries) manager.events.on(name, listener as never);

@@ -41,11 +41,13 @@ export interface SelfPingTarget {
 
 /**
  * Why a pair was scheduled (design §4.6): (a) a `remote-server-*` error from the room's domain,
- * (b) the room silent past the idle interval, (c) a resume after hibernation. Carried to the
+ * an error from the room itself to what the client sent (`room-error`), (b) the room silent past
+ * the idle interval, (c) a resume after hibernation, or an upstream reconnect while rejoins are
+ * off (`reconnected`). Carried to the
  * outcome for logs and metrics only. (With `pause`/`resume` a held pair keeps its own trigger;
  * `resumed` is for a feature that schedules on resume itself.)
  */
-export type SelfPingTrigger = 'remote-server-error' | 'room-idle' | 'resumed';
+export type SelfPingTrigger = 'remote-server-error' | 'room-error' | 'room-idle' | 'resumed' | 'reconnected';
 
 /** The final word on one scheduled pair, given once to `onOutcome`. */
 export interface SelfPingOutcome {

@@ -115,6 +115,8 @@ export interface ProxyEventMap {
   'muc-rejoin': [session: Session, outcome: 'joined' | 'refused'];
   /** The client was told it is no longer in a room (status 110 + 333). */
   'muc-notice': [session: Session];
+  /** A self-ping round (XEP-0410 §3.2) ended with this verdict (after its retries). */
+  'muc-self-ping': [session: Session, verdict: 'joined' | 'joined-nick-changed' | 'not-joined' | 'undecided'];
 }
 
 /**

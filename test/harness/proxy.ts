@@ -49,6 +49,7 @@ export function testConfig(prosody: UpstreamServer, overrides: DeepPartial<Confi
     // Each proxy its own store (a data dir is locked by the proxy using it); no metrics port.
     storage: { dataDir: overrides.storage?.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'proxy-data-')) },
     metrics: { listen: null, ...overrides.metrics },
+    muc: { ...DEFAULTS.muc, ...overrides.muc },
     shutdown: { ...DEFAULTS.shutdown, ackWaitMs: 1000, ...overrides.shutdown },
     log: { level: 'silent' },
   };
