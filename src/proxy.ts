@@ -39,6 +39,8 @@ export interface Proxy {
   metrics: Metrics;
   /** The metrics endpoint's bound address (`/metrics`, `/healthz`, `/readyz`), if it listens. */
   metricsAddress: AddressInfo | undefined;
+  /** Group chats: the rooms of each session (design §4.6). */
+  muc: MucFeature;
   /**
    * Re-reads the certificate (the PEM pair or PKCS#12 file of `tlsOptions`, default the config's
    * `tls` section) and uses it for every later TLS handshake, STARTTLS and direct TLS; open
@@ -185,6 +187,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     },
     metrics,
     metricsAddress: metricsServer?.address,
+    muc,
     async reloadTls(tlsOptions = tlsSection) {
       try {
         if (tlsOptions.certFile === undefined && tlsOptions.keyFile === undefined && tlsOptions.pkcs12File === undefined) {

@@ -63,6 +63,8 @@ export class MucFeature {
   readonly #pinger: SelfPinger;
   /** Self-pings awaiting their answer, by iq id. Bounded by the pinger's pending limit. */
   readonly #pings = new Map<string, (answer: PingAnswer) => void>();
+  /** `sessionKey|room` of the self-pings in flight, to answer a room's echo of them. */
+  readonly #inFlight = new Set<string>();
   readonly #pingPrefix = `muc-ping-${randomBytes(6).toString('base64url')}-`;
   #pingSeq = 0;
   readonly #idleTimer: NodeJS.Timeout | undefined;
@@ -95,7 +97,7 @@ export class MucFeature {
       tracker.fromClient(el);
     };
     this.#fromUpstream = (el, session) => {
-      if (el.name === 'iq' && this.#pings.size > 0 && this.#answered(el)) return true;
+      if (el.name === 'iq' && this.#pings.size > 0 && (this.#answered(el) || this.#echo(el, session))) return true;
       if (el.attrs.type === 'error') this.#onError(el, session);
       const change = this.#trackers.get(session)?.fromUpstream(el);
       return change ? this.#changed(session, change) : undefined;
@@ -242,11 +244,14 @@ export class MucFeature {
     if (!session?.sendToUpstream(`<iq type='get' id='${id}' to='${escapeAttr(`${target.roomJid}/${target.nick}`)}'><ping xmlns='${NS_PING}'/></iq>`)) {
       return Promise.reject(new Error('no upstream link'));
     }
+    const pair = `${target.sessionKey}|${target.roomJid}`;
+    this.#inFlight.add(pair);
     return new Promise<PingAnswer>((resolve) => {
       const timer = setTimeout(() => settle({ type: 'timeout' }), this.#options.pingTimeoutSeconds * 1000 + 1000).unref();
       const settle = (answer: PingAnswer): void => {
         clearTimeout(timer);
         this.#pings.delete(id);
+        this.#inFlight.delete(pair);
         resolve(answer);
       };
       this.#pings.set(id, settle);
@@ -268,6 +273,21 @@ export class MucFeature {
     const by = error?.attrs.by;
     if (condition === 'item-not-found' && typeof by === 'string' && !by.includes('@')) condition = 'gone';
     settle({ type: 'error', condition });
+    return true;
+  }
+
+  /**
+   * A room without `muc#self-ping-optimization` (XEP-0410 §3.3) forwards a self-ping to the
+   * occupant's own JID, i.e. back to this session: the proxy answers it itself, so a sleeping
+   * phone is not woken for a ping it never sent.
+   */
+  #echo(el: TopLevel, session: Session): boolean {
+    const from = el.attrs.from;
+    if (el.attrs.type !== 'get' || from === undefined || !el.raw.includes(NS_PING)) return false;
+    const slash = from.indexOf('/');
+    const room = this.#trackers.get(session)?.get(from.slice(0, slash));
+    if (!room || from.slice(slash + 1) !== room.nick || !this.#inFlight.has(`${this.#key(session)}|${room.room}`)) return false;
+    session.sendToUpstream(`<iq type='result' id='${escapeAttr(el.attrs.id ?? '')}' to='${escapeAttr(from)}'/>`);
     return true;
   }
 

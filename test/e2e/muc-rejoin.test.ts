@@ -111,3 +111,53 @@ t.test('a rejoin the room refuses (banned meanwhile) gets the client the 110 + 3
   alice.send('</stream:stream>');
   bob.send('</stream:stream>');
 });
+
+t.test('a kick takes the room out of tracking: no rejoin after a reconnect', async (t) => {
+  const room = `den@${SERVICE}`;
+  const { client: owner } = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'den' });
+  owner.send('<presence/>');
+  await join(owner, room, 'owner');
+  const alice = await online('alice', 'desk');
+  await join(alice, room, 'alice');
+  const session = sessionOf(tp, 'alice@proxy.test/desk');
+  t.same(tp.proxy.muc.rooms(session).map((r) => r.room), [room], 'tracked');
+  owner.send(`<iq type='set' id='kick1' to='${room}'><query xmlns='${MUC}#admin'><item nick='alice' role='none'/></query></iq>`);
+  await alice.next((el) => el.name === 'presence' && el.attrs.from === `${room}/alice` && el.attrs.type === 'unavailable');
+  t.same(tp.proxy.muc.rooms(session), [], 'the kick (307) removed it');
+  let rejoins = 0;
+  tp.proxy.manager.events.on('muc-rejoin', (s) => s === session && rejoins++);
+  const up = relinked('alice@proxy.test/desk');
+  relay.cutAll();
+  await up;
+  // A round trip on the new server session: a rejoin would have been answered before it.
+  alice.send(`<iq type='get' id='rt1'><ping xmlns='urn:xmpp:ping'/></iq>`);
+  await alice.next((el) => el.name === 'iq' && el.attrs.id === 'rt1');
+  t.equal(rejoins, 0, 'no rejoin of a room the client was kicked from');
+  alice.send('</stream:stream>');
+  owner.send('</stream:stream>');
+});
+
+t.test('the upstream server restarts (its rooms lost with it): the rooms are rejoined, messages once', async (t) => {
+  const room = `hall@${SERVICE}`;
+  const alice = await online('alice', 'laptop');
+  const bob = await online('bob', 'laptop');
+  await join(alice, room, 'alice');
+  await join(bob, room, 'bob');
+  bob.send(`<message to='${room}' type='groupchat'><body>one</body></message>`);
+  await waitFor(() => groupchat(alice, room).includes('one'), 'the first message');
+  const outcomes: string[] = [];
+  tp.proxy.manager.events.on('muc-rejoin', (s, outcome) => s.fullJid.endsWith('/laptop') && outcomes.push(outcome));
+  await prosody.restart();
+  await waitFor(() => outcomes.length === 2, 'both sessions rejoined', 30_000);
+  t.same(outcomes, ['joined', 'joined'], 'the room was created again by the rejoins');
+  bob.send(`<message to='${room}' type='groupchat'><body>two</body></message>`);
+  await waitFor(() => groupchat(alice, room).includes('two'), 'the message after the restart', 30_000);
+  t.same(groupchat(alice, room), ['one', 'two'], 'each message once');
+  t.equal(notices333(alice), 0, 'no not-joined notice');
+  alice.send('</stream:stream>');
+  bob.send('</stream:stream>');
+});
+
+function notices333(client: RawClient): number {
+  return client.received.filter((el) => el.getChild('x', MUC_USER)?.getChildren('status').some((s) => s.attrs.code === '333')).length;
+}
