@@ -49,6 +49,7 @@ class Client(slixmpp.ClientXMPP):
         self.done = asyncio.get_event_loop().create_future()
 
         self.register_plugin('xep_0198')
+        self.register_plugin('xep_0045')  # group chats (test/e2e/muc-clients.test.ts)
         sm = self.plugin['xep_0198']
         sm.allow_resume = True
 
@@ -65,6 +66,8 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler('sm_enabled', self.on_sm_enabled)
         self.add_event_handler('session_resumed', lambda _: emit({'event': 'session_resumed'}))
         self.add_event_handler('message', self.on_message)
+        self.add_event_handler('groupchat_message', lambda msg: emit({'event': 'groupchat', 'from': str(msg['from']), 'body': msg['body']}))
+        self.add_event_handler('groupchat_presence', self.on_muc_presence)
         self.add_event_handler('disconnected', self.on_disconnected)
         self.add_event_handler('sm_failed', lambda st: emit({'event': 'error', 'what': 'sm_failed', 'xml': str(st)}))
         self.add_event_handler('session_end', lambda _: emit({'event': 'error', 'what': 'session_end'}))
@@ -95,6 +98,11 @@ class Client(slixmpp.ClientXMPP):
             return
         delay = msg.xml.find('{urn:xmpp:delay}delay') is not None
         emit({'event': 'message', 'from': str(msg['from']), 'body': msg['body'], 'delay': delay})
+
+    def on_muc_presence(self, presence):
+        x = presence.xml.find('{http://jabber.org/protocol/muc#user}x')
+        codes = [s.get('code') for s in x.findall('{http://jabber.org/protocol/muc#user}status')] if x is not None else []
+        emit({'event': 'muc_presence', 'from': str(presence['from']), 'type': presence['type'], 'statuses': codes})
 
     def on_disconnected(self, _reason):
         emit({'event': 'disconnected'})
@@ -146,6 +154,12 @@ async def read_commands(client):
                 client.drop()
             elif cmd == 'reconnect':
                 client.reconnect_now()
+            elif cmd.startswith('join '):
+                _, room, nick = cmd.split(' ', 2)
+                client.plugin['xep_0045'].join_muc(room, nick)
+            elif cmd.startswith('say '):
+                parts = cmd.split(' ', 2)
+                client.send_message(mto=parts[1], mbody=parts[2], mtype='groupchat')
             elif cmd.startswith('send '):
                 parts = cmd.split(' ', 2)
                 client.send_chat(parts[1], parts[2] if len(parts) > 2 else '')
