@@ -148,6 +148,8 @@ export class MucFeature {
       this.#manager.emit('muc-rejoin', session, 'joined');
       return undefined;
     }
+    // The room's own unavailable self-presence (kicked, destroyed) tells the client itself.
+    if (change.condition === undefined) return undefined;
     // The room will not take the client back: it must not go on showing the room as joined.
     session.log.info({ room: change.room.room, condition: change.condition }, 'room refused the rejoin: not-joined notice to the client');
     this.#manager.emit('muc-rejoin', session, 'refused');
@@ -192,7 +194,7 @@ export class MucFeature {
   }
 
   #schedule(session: Session, room: TrackedRoom, trigger: SelfPingTrigger): void {
-    if (!room.joined) return;
+    if (!room.joined || !this.#trackers.has(session)) return;
     this.#pinger.schedule({ sessionKey: this.#key(session), fromFullJid: session.fullJid, roomJid: room.room, nick: room.nick }, trigger);
   }
 
@@ -296,7 +298,12 @@ export class MucFeature {
     if (!session) return;
     this.#manager.emit('muc-self-ping', session, outcome.verdict);
     const room = this.#trackers.get(session)?.get(target.roomJid);
-    if (outcome.verdict !== 'not-joined' || !room || room.nick !== target.nick) return;
+    if (!room || room.nick !== target.nick) return;
+    if (outcome.verdict !== 'not-joined') {
+      // Still in the room (or undecided: never a kick); a rejoin left unanswered is settled.
+      if (outcome.verdict !== 'undecided') room.rejoining = false;
+      return;
+    }
     session.log.info({ room: room.room, trigger: outcome.trigger }, 'self-ping: no longer in the room; not-joined notice to the client');
     this.notJoined(session, room);
   }
@@ -313,7 +320,13 @@ export class MucFeature {
       out.push(rejoinPresence(room).toString());
       room.joinedAt = Date.now();
     }
-    if (out.length > 0) this.#log.debug({ rooms: out.length, resource: session.fullJid.slice(session.fullJid.indexOf('/') + 1) }, 'rejoining rooms on the new upstream session');
+    if (out.length === 0) return out;
+    this.#log.debug({ rooms: out.length, resource: session.fullJid.slice(session.fullJid.indexOf('/') + 1) }, 'rejoining rooms on the new upstream session');
+    // A room that never answers the rejoin (its server unreachable, or a service that sends no
+    // self-presence to an occupant it still has) is self-pinged: the ping decides, never silence.
+    setTimeout(() => {
+      for (const room of tracker.rooms()) if (room.rejoining) this.#schedule(session, room, 'reconnected');
+    }, this.#options.pingTimeoutSeconds * 1000).unref();
     return out;
   }
 }
