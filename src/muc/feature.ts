@@ -142,6 +142,10 @@ export class MucFeature {
 
   /** @returns true to consume the stanza (the error answering a rejoin the client did not send). */
   #changed(session: Session, change: RoomChange): boolean | undefined {
+    if (change.kind === 'duplicate') {
+      this.#manager.emit('duplicate-dropped', session);
+      return true; // a rejoin's history repeating what the client has
+    }
     if (change.kind === 'nick' || !change.rejoin) return undefined;
     if (change.kind === 'joined') {
       session.log.info({ room: change.room.room }, 'room rejoined after the upstream reconnect');

@@ -1,6 +1,11 @@
 import { parse, type Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
 
+/** Groupchat messages remembered per room to drop their copies in a rejoin's history. */
+const RECENT_PER_ROOM = 20;
+const NS_DELAY = 'urn:xmpp:delay';
+const BODY = /<body(?:\s[^>]*)?>([\s\S]*?)<\/body>/;
+
 /** XEP-0045 namespaces. */
 export const NS_MUC = 'http://jabber.org/protocol/muc';
 export const NS_MUC_USER = 'http://jabber.org/protocol/muc#user';
@@ -29,6 +34,8 @@ export interface TrackedRoom {
   lastActivityAt: number;
   /** When the join or the last rejoin was asked (ms since the epoch). */
   joinedAt: number;
+  /** Fingerprints of the last groupchat messages the client got from the room (sender, body). */
+  recent: number[];
 }
 
 /**
@@ -36,12 +43,15 @@ export interface TrackedRoom {
  * - `joined`: the room sent the self-presence (110) of a join or rejoin;
  * - `removed`: the client is out of the room (left, kicked 307, banned 301, removed 321/322/332,
  *   the room destroyed), or the room refused the join with `condition`;
- * - `nick`: the client's nick changed (303, or 210 on the self-presence).
+ * - `nick`: the client's nick changed (303, or 210 on the self-presence);
+ * - `duplicate`: a history message (XEP-0203 delayed) the client already got live: the copy a
+ *   rejoin's history repeats, whether or not the sender gave the message an id.
  */
 export type RoomChange =
   | { kind: 'joined'; room: TrackedRoom; rejoin: boolean }
   | { kind: 'removed'; room: TrackedRoom; rejoin: boolean; condition?: string; statuses: readonly string[] }
-  | { kind: 'nick'; room: TrackedRoom };
+  | { kind: 'nick'; room: TrackedRoom }
+  | { kind: 'duplicate'; room: TrackedRoom };
 
 /**
  * The rooms of one session, kept the way mod_track_muc_joins keeps them: a directed presence with
@@ -110,7 +120,7 @@ export class RoomTracker {
       return;
     }
     const now = this.#now();
-    this.#rooms.set(room, { room, nick, joined: false, rejoining: false, presence, password: x!.getChildText('password') ?? undefined, lastMessageAt: 0, lastActivityAt: now, joinedAt: now });
+    this.#rooms.set(room, { room, nick, joined: false, rejoining: false, presence, password: x!.getChildText('password') ?? undefined, lastMessageAt: 0, lastActivityAt: now, joinedAt: now, recent: [] });
   }
 
   /**
@@ -127,11 +137,32 @@ export class RoomTracker {
     const now = this.#now();
     tracked.lastActivityAt = now;
     if (el.name === 'message') {
-      if (el.attrs.type === 'groupchat') tracked.lastMessageAt = now;
-      return undefined;
+      if (el.attrs.type !== 'groupchat') return undefined;
+      tracked.lastMessageAt = now;
+      return this.#seen(tracked, from, el.raw) ? { kind: 'duplicate', room: tracked } : undefined;
     }
     if (el.name !== 'presence' || slash < 0) return undefined;
     return this.#roomPresence(tracked, from.slice(slash + 1), el);
+  }
+
+  /**
+   * Remembers a groupchat message; true for a delayed one (history) the client already got, whose
+   * fingerprint is then used up (two equal messages in the history stand for two).
+   */
+  #seen(tracked: TrackedRoom, from: string, raw: string): boolean {
+    const body = BODY.exec(raw);
+    if (!body) return false;
+    const fp = fingerprint(`${from}\n${body[1]}`);
+    if (raw.includes(NS_DELAY)) {
+      const at = tracked.recent.indexOf(fp);
+      if (at >= 0) {
+        tracked.recent.splice(at, 1);
+        return true;
+      }
+    }
+    tracked.recent.push(fp);
+    if (tracked.recent.length > RECENT_PER_ROOM) tracked.recent.shift();
+    return false;
   }
 
   #roomPresence(tracked: TrackedRoom, nick: string, el: TopLevel): RoomChange | undefined {
@@ -167,4 +198,14 @@ export class RoomTracker {
     tracked.rejoining = false;
     return { kind: 'joined', room: tracked, rejoin };
   }
+}
+
+/** FNV-1a (32 bits) of a string's UTF-16 code units: cheap, and enough to tell 20 messages apart. */
+function fingerprint(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
 }

@@ -120,3 +120,13 @@ t.test('at most maxRooms rooms are tracked', async (t) => {
   t.equal(tracker.size, 2);
   t.equal(tracker.untracked, 1);
 });
+
+t.test("a history copy (delayed) of a message the client got is a duplicate, once; new history is not", async (t) => {
+  const tracker = joined();
+  const live = (body: string) => top(`<message from='${ROOM}/bob' type='groupchat'><body>${body}</body></message>`);
+  const history = (body: string) => top(`<message from='${ROOM}/bob' type='groupchat'><body>${body}</body><delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:00:00Z'/></message>`);
+  t.equal(tracker.fromUpstream(live('ok')), undefined);
+  t.match(tracker.fromUpstream(history('ok')), { kind: 'duplicate' }, 'the copy of what it got (no id needed)');
+  t.equal(tracker.fromUpstream(history('ok')), undefined, 'a second equal history message is a message of its own');
+  t.equal(tracker.fromUpstream(history('missed')), undefined, 'what it missed is delivered');
+});
