@@ -161,3 +161,28 @@ t.test('the upstream server restarts (its rooms lost with it): the rooms are rej
 function notices333(client: RawClient): number {
   return client.received.filter((el) => el.getChild('x', MUC_USER)?.getChildren('status').some((s) => s.attrs.code === '333')).length;
 }
+
+t.test('the tracked rooms survive hibernation and resumption: rejoined after a later reconnect', async (t) => {
+  const room = `attic@${SERVICE}`;
+  const { client: owner } = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'attic' });
+  owner.send('<presence/>');
+  await join(owner, room, 'owner');
+  const { client: first } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'roam' });
+  first.send(`<enable xmlns='${SM}' resume='true'/>`);
+  const enabled = await first.next((el) => el.name === 'enabled');
+  first.send('<presence/>');
+  await join(first, room, 'alice');
+  const session = sessionOf(tp, 'alice@proxy.test/roam');
+  first.destroy(); // the phone's network vanishes
+  await waitFor(() => session.hibernating, 'hibernating');
+  const second = await RawClient.authenticated({ port: tp.port, user: 'alice', password: 'alice-pw' });
+  second.send(`<resume xmlns='${SM}' previd='${enabled.attrs.id}' h='0'/>`);
+  t.equal((await second.next((el) => el.name === 'resumed' || el.name === 'failed')).name, 'resumed');
+  t.same(tp.proxy.muc.rooms(session).map((r) => r.room), [room], 'still tracked after the resume');
+
+  const outcome = new Promise<string>((resolve) => tp.proxy.manager.events.on('muc-rejoin', (s, o) => s === session && resolve(o)));
+  relay.cutAll();
+  t.equal(await outcome, 'joined', 'rejoined after the reconnect');
+  second.send('</stream:stream>');
+  owner.send('</stream:stream>');
+});

@@ -75,3 +75,24 @@ t.test('(b) the upstream crashes and restarts: the proxy rejoins, no notice, the
   t.same(notices(alice, LOBBY), [], 'no not-joined notice');
   alice.send('</stream:stream>');
 });
+
+t.test("(a') an s2s error from the room's domain triggers the self-ping: the notice once the room answers", async (t) => {
+  const fed = await startFederation(t);
+  // No idle pings: only the error the client's own message gets can trigger one.
+  const tp = await startTestProxy(fed.local, { muc: { idlePingSeconds: 0, pingDelaySeconds: 1, pingTimeoutSeconds: 5 } });
+  t.teardown(() => tp.close());
+  const alice = await online(tp.port, 'alice', 'phone');
+  await joinRoom(alice, `${LOBBY}/alice`);
+  const verdicts: string[] = [];
+  tp.proxy.manager.events.on('muc-self-ping', (_s, verdict) => verdicts.push(verdict));
+
+  await fed.remote.crash();
+  sayInRoom(alice, LOBBY, 'anyone there?');
+  const bounce = await alice.next((el) => el.name === 'message' && el.attrs.type === 'error');
+  t.ok(bounce.getChild('error')?.getChild('remote-server-not-found'), 'the server bounces it: remote-server-not-found (relayed to the client)');
+  await fed.remote.restart();
+  await waitFor(() => notices(alice, LOBBY).length > 0, 'the not-joined notice', 60_000);
+  t.same(verdicts, ['not-joined'], 'one self-ping round, retried while the room was unreachable, ended not-joined');
+  t.same(mucStatuses(notices(alice, LOBBY)[0]!), ['110', '333']);
+  alice.send('</stream:stream>');
+});
