@@ -1,15 +1,6 @@
 import t from 'tap';
 import { DueQueue } from '../../src/muc/due-queue.ts';
-
-/** A small deterministic PRNG (mulberry32), so a failure can be replayed. */
-function prng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from './fake-timers.ts';
 
 t.test('items come out by due time, ties first in first out', async (t) => {
   const q = new DueQueue<string>();

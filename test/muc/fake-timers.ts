@@ -54,3 +54,13 @@ export class FakeTimers implements Timers {
     await settle();
   }
 }
+
+/** A small deterministic PRNG (mulberry32), so a failure can be replayed. */
+export function prng(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}

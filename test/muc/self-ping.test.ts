@@ -10,7 +10,7 @@ import {
   type SelfPingVerdict,
   type SelfPingerOptions,
 } from '../../src/muc/self-ping.ts';
-import { FakeTimers } from './fake-timers.ts';
+import { FakeTimers, prng } from './fake-timers.ts';
 
 const RESULT: PingAnswer = { type: 'result' };
 const TIMEOUT: PingAnswer = { type: 'timeout' };
@@ -467,16 +467,6 @@ t.test("Node's timers are unref'd: a scheduled ping never keeps the process aliv
   t.equal(pinger.schedule(target(), 'room-idle'), 'scheduled');
   pinger.close();
 });
-
-/** A small deterministic PRNG (mulberry32), so a failure can be replayed. */
-function prng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 t.test('random operations keep the books: every accepted pair ends once (outcome or cancel), none while paused', async (t) => {
   for (const seed of [1, 2, 3, 4, 5]) {
