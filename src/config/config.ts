@@ -391,6 +391,43 @@ const fields = z.strictObject({
         'A joined room silent this long gets a self-ping (0: never); busy rooms never do. Keep sessions × quiet rooms ÷ this under maxPingsPerSecond (seconds).',
       ),
   }),
+  push: section({
+    enabled: bool
+      .default(true)
+      .describe(
+        "Answer XEP-0357 enable/disable for the clients and send their pushes (mod_cloud_notify): the upstream never sees them. Off: push iqs go to the upstream like any other.",
+      ),
+    maxDevices: count(1)
+      .default(5)
+      .describe("Push registrations kept per account; one more evicts the oldest (mod_cloud_notify's push_max_devices) (registrations)."),
+    maxErrors: count(1)
+      .default(16)
+      .describe("Failed pushes in a row (app server errors other than type wait, or no answer within replyTimeoutSeconds) that remove a registration; a success resets the count (push_max_errors)."),
+    maxHibernationSeconds: seconds(1)
+      .default(72 * 3600)
+      .describe(
+        "A hibernated session of an account with push registrations is kept this long until its first important push went out; the normal sm.hibernationSeconds run from that push (push_max_hibernation_timeout) (seconds).",
+      ),
+    withBody: bool
+      .default(false)
+      .describe("Put the message body into the push (last-message-body): it then passes the app server and the phone vendor's push service (push_notification_with_body). Off by default for privacy."),
+    withSender: bool
+      .default(false)
+      .describe("Put the sender's JID into the push (last-message-sender) (push_notification_with_sender). Off by default for privacy."),
+    importantBody: z
+      .string({ error: 'must be a string' })
+      .max(1024, { error: 'must be at most 1024 characters' })
+      .default('New Message!')
+      .describe(
+        "last-message-body of pushes for important stanzas when withBody is off, so that apps show a notification (push_notification_important_body); empty: every push is unimportant and any push ends the hibernation extension.",
+      ),
+    batchSeconds: seconds(0)
+      .default(1)
+      .describe("Stanzas for a sleeping client are collected this long before one push per registration goes out (0: next event-loop turn) (seconds)."),
+    replyTimeoutSeconds: seconds(1)
+      .default(60)
+      .describe("An app server that has not answered a push in this long counts as a failed push (seconds)."),
+  }),
   metrics: section({
     listen: listenAddress
       .default(() => ({ host: '127.0.0.1', port: 9464 }))

@@ -50,6 +50,7 @@ export function testConfig(prosody: UpstreamServer, overrides: DeepPartial<Confi
     storage: { dataDir: overrides.storage?.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'proxy-data-')) },
     metrics: { listen: null, ...overrides.metrics },
     muc: { ...DEFAULTS.muc, ...overrides.muc },
+    push: { ...DEFAULTS.push, ...overrides.push },
     shutdown: { ...DEFAULTS.shutdown, ackWaitMs: 1000, ...overrides.shutdown },
     log: { level: 'silent' },
   };
