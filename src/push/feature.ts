@@ -130,6 +130,8 @@ export class PushFeature {
       return FAILURES.tooLarge;
     }
     this.#notifier.forget(session.bareJid, evicted);
+    // The account's sessions already hibernated (a phone asleep while another device enables) are pushed from now.
+    for (const s of this.#manager.sessionsOf(session.bareJid)) if (s.hibernating) this.#notifier.watch(s, 'hibernated');
     session.log.info({ appServer: domainOf(prepared), evicted: evicted.length }, 'push enabled');
     return undefined;
   }
@@ -140,7 +142,7 @@ export class PushFeature {
     if (!jid) return FAILURES.missingJid;
     const removed = this.registrations.disable(session.bareJid, jid, disable.attrs.node as string | undefined);
     this.#notifier.forget(session.bareJid, removed);
-    if (!this.registrations.has(session.bareJid)) this.#notifier.unwatch(session);
+    this.#notifier.registrationsChanged(session.bareJid);
     session.log.info({ appServer: domainOf(prepJidOr(jid) ?? jid), removed: removed.length }, 'push disabled');
     return undefined;
   }
@@ -161,7 +163,8 @@ export class PushFeature {
   #onDiscoAnswer(el: TopLevel, session: Session): boolean {
     const ids = this.#disco.get(session)!;
     const at = ids.indexOf(el.attrs.id ?? '');
-    if (at === -1) return false;
+    // Only the account's own answer (from its bare JID, or the server's on its behalf).
+    if (at === -1 || (el.attrs.from !== undefined && prepJidOr(el.attrs.from) !== session.bareJid)) return false;
     ids.splice(at, 1);
     if (ids.length === 0) this.#disco.delete(session);
     let answer: Element;

@@ -134,12 +134,22 @@ export class PushNotifier {
     if (this.#watched.get(session)?.reason === 'unresponsive') this.unwatch(session);
   }
 
-  /** The client is back (resumed) or the session ends: no more pushes for it. */
-  unwatch(session: Session): void {
+  /**
+   * The client is back (resumed) or the session ends, or its account has no registration left
+   * (`restore`: an extended hibernation gets its normal time again, from now): no more pushes for it.
+   */
+  unwatch(session: Session, restore = false): void {
     const w = this.#watched.get(session);
     if (!w) return;
     clearTimeout(w.timer);
     this.#watched.delete(session);
+    if (restore && w.extended) session.setHibernationTimeout(this.#deps.hibernationSeconds);
+  }
+
+  /** The account's registrations changed (disable, errors): its sessions stop being watched when none is left. */
+  registrationsChanged(bareJid: string): void {
+    if (this.#deps.registrations.has(bareJid)) return;
+    for (const session of [...this.#watched.keys()]) if (session.bareJid === bareJid) this.unwatch(session, true);
   }
 
   /** A stanza is on its way to the client of `session` (the stanza hook): a batch opens if watched. */
@@ -234,12 +244,7 @@ export class PushNotifier {
     if (!w) return;
     w.timer = undefined;
     const registrations = this.#deps.registrations.list(session.bareJid);
-    if (registrations.length === 0) {
-      // Every registration went (errors, or disabled from another client).
-      this.unwatch(session);
-      if (w.extended) session.setHibernationTimeout(this.#deps.hibernationSeconds);
-      return;
-    }
+    if (registrations.length === 0) return this.unwatch(session, true);
     if (!session.upstreamLinked) return; // linkUp() schedules it again
     const batch = this.#judge(session.sm.unacked());
     if (batch.count === 0) return;
@@ -281,7 +286,9 @@ export class PushNotifier {
     const { withBody, withSender, importantBody } = this.#deps.options;
     const id = `push-${randomBytes(12).toString('base64url')}`;
     const last = batch.last && unwrapCarbon(batch.last);
-    const body = withBody ? (last?.getChildText('body') ?? undefined) : batch.important && importantBody !== '' ? importantBody : undefined;
+    const placeholder = batch.important && importantBody !== '' ? importantBody : undefined;
+    // An encrypted message has no body (or only a fallback text): the placeholder then.
+    const body = (withBody ? last?.getChildText('body') || undefined : undefined) ?? placeholder;
     const xml = notificationIq({
       id,
       to: registration.jid,
@@ -321,6 +328,7 @@ export class PushNotifier {
   #failed(p: PendingPush, why: string): void {
     const failure = this.#deps.registrations.failed(p.bareJid, p.registration.jid, p.registration.node);
     if (!failure) return;
+    if (failure.removed) this.registrationsChanged(p.bareJid);
     const appServer = bareJidOf(p.registration.jid).split('@').pop();
     if (failure.removed) {
       p.session.log.warn({ appServer, failures: failure.failures }, `push failed (${why}): registration removed after ${this.#deps.options.maxErrors} failures in a row`);

@@ -82,6 +82,11 @@ export class SessionManager {
     return this.#sessions;
   }
 
+  /** The live sessions of an account (a copy; empty when none). */
+  sessionsOf(bareJid: string): Session[] {
+    return [...(this.#byAccount.get(bareJid) ?? [])];
+  }
+
   /** Live sessions by state (a reconnecting session counts there only). */
   counts(): SessionCounts {
     const counts = { attached: 0, hibernated: 0, reconnecting: 0 };
