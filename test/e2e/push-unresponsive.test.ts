@@ -1,0 +1,142 @@
+/**
+ * XEP-0357 push (issue 13) when the phone is connected but silent, and when the app server fails:
+ * an attached client that leaves the proxy's `<r/>` unanswered for sm.maxAckDelaySeconds gets a
+ * push; app-server errors other than `wait`, and no answer within push.replyTimeoutSeconds, count,
+ * push.maxErrors of them in a row remove the registration, a success resets the count.
+ * Real Prosody; the app servers are real accounts logged in directly to it (AppServer).
+ */
+import t, { type Test } from 'tap';
+import { startProsody } from '../harness/prosody.ts';
+import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
+import { RawClient } from '../harness/raw-client.ts';
+import { sessionOf, sleep } from '../harness/chat.ts';
+import { AppServer, APP_ACCOUNT, chat, phone, type AppServerMode } from '../harness/app-server.ts';
+import type { Session } from '../../src/session/session.ts';
+
+const USERS = ['carol', 'dave', 'erin', 'frank', 'grace'];
+const BATCH_MS = 1000;
+const QUIET_MS = 2.5 * BATCH_MS;
+const MAX_ERRORS = 3;
+
+const prosody = await startProsody({
+  tls: 'required',
+  accounts: [...ACCOUNTS, APP_ACCOUNT, ...USERS.map((user) => ({ user, password: `${user}-pw` }))],
+});
+t.teardown(() => prosody.stop());
+const tp = await startTestProxy(prosody, {
+  sm: { hibernationSeconds: 120, maxAckDelaySeconds: 1 },
+  push: { batchSeconds: BATCH_MS / 1000, maxErrors: MAX_ERRORS, replyTimeoutSeconds: 1 },
+});
+t.teardown(() => tp.close());
+const { client: bob } = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'pc' });
+t.teardown(() => bob.destroy());
+
+/** The proxy's registrations of `bareJid`, if the feature exposes them. */
+function registrationsOf(bareJid: string): Array<{ jid: string; node: string }> | undefined {
+  const push = (tp.proxy as unknown as { push?: { registrations?: { list(b: string): Array<{ jid: string; node: string }> } } }).push;
+  return push?.registrations?.list(bareJid);
+}
+
+/** An app server of its own for one test (resource `resource` of the push account). */
+async function appServer(t: Test, resource: string): Promise<AppServer> {
+  const app = await AppServer.start(prosody, { ...APP_ACCOUNT, resource });
+  t.teardown(() => app.stop());
+  return app;
+}
+
+/** `user`'s phone registered with `app` (node `node`), then dropped: its session hibernates. */
+async function hibernatedPhone(user: string, app: AppServer, node: string): Promise<{ jid: string; session: Session }> {
+  const { client, jid } = await phone(tp.port, user, 'phone', [{ jid: app.jid, node }]);
+  const session = sessionOf(tp, jid);
+  const hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  client.destroy();
+  await hibernating;
+  return { jid, session };
+}
+
+/**
+ * For each mode in turn: the app server answers that way, bob sends one message, and the push
+ * for it arrives (each message in a batch of its own). Returns how many pushes `node` got.
+ */
+async function pushEach(app: AppServer, jid: string, node: string, modes: AppServerMode[], error = app.error): Promise<number> {
+  app.error = error;
+  for (const [i, mode] of modes.entries()) {
+    app.mode = mode;
+    const before = app.pushesFor(node).length;
+    bob.send(chat(jid, `message ${i + 1}`));
+    await app.waitForPushes(before + 1, 15_000, node);
+  }
+  return app.pushesFor(node).length;
+}
+
+t.test('an attached client that leaves <r/> unanswered gets a push after max_ack_delay; one that acks does not', async (t) => {
+  const app = await appServer(t, 'app-ack');
+  const silent = await phone(tp.port, 'carol', 'silent', [{ jid: app.jid, node: 'n-silent' }]);
+  const prompt = await phone(tp.port, 'dave', 'prompt', [{ jid: app.jid, node: 'n-prompt' }]);
+  t.teardown(() => silent.client.destroy());
+  t.teardown(() => prompt.client.destroy());
+
+  bob.send(chat(prompt.jid, 'are you there?'));
+  await prompt.client.next((el) => el.name === 'message');
+  await prompt.client.next((el) => el.name === 'r');
+  prompt.client.send(`<a xmlns='urn:xmpp:sm:3' h='1'/>`);
+
+  bob.send(chat(silent.jid, 'are you there?'));
+  await silent.client.next((el) => el.name === 'message');
+  await silent.client.next((el) => el.name === 'r');
+  const [push] = await app.waitForPushes(1, 15_000, 'n-silent');
+  t.equal(push!.from, silent.jid);
+  t.equal(push!.body, 'New Message!', 'an important push');
+  const session = sessionOf(tp, silent.jid);
+  t.notOk(session.hibernating, 'pushed while still attached');
+
+  await sleep(1000 + QUIET_MS); // max_ack_delay and a batch
+  t.same(app.pushesFor('n-prompt'), [], 'the client that acked gets no push');
+  t.equal(app.pushesFor('n-silent').length, 1, 'one push for the silent one');
+  t.notOk(silent.client.received.some((el) => el.name === 'iq'), "the app server's answer does not reach the client");
+});
+
+t.test(`app-server errors (cancel) remove the registration after push.maxErrors (${MAX_ERRORS})`, async (t) => {
+  const app = await appServer(t, 'app-err');
+  const { jid } = await hibernatedPhone('erin', app, 'n-err');
+  const got = await pushEach(app, jid, 'n-err', Array(MAX_ERRORS).fill('error'), { type: 'cancel', condition: 'item-not-found' });
+  t.equal(got, MAX_ERRORS, `${MAX_ERRORS} pushes, each answered with an error`);
+  const regs = registrationsOf('erin@proxy.test');
+  if (regs) await waitFor(() => registrationsOf('erin@proxy.test')!.length === 0, 'registration removed');
+  else await sleep(500);
+
+  app.mode = 'result';
+  bob.send(chat(jid, 'after the limit'));
+  await sleep(QUIET_MS);
+  t.equal(app.pushesFor('n-err').length, MAX_ERRORS, 'no push after the limit');
+  t.same(registrationsOf('erin@proxy.test') ?? [], [], 'no registration left');
+});
+
+t.test('wait errors do not count; a success resets the count', async (t) => {
+  const app = await appServer(t, 'app-wait');
+  const { jid } = await hibernatedPhone('frank', app, 'n-wait');
+  // One more wait error than the limit, then a success: the registration is still there.
+  const waits = await pushEach(app, jid, 'n-wait', [...Array(MAX_ERRORS + 1).fill('error'), 'result'], { type: 'wait', condition: 'resource-constraint' });
+  t.equal(waits, MAX_ERRORS + 2, 'every message pushed: wait errors are not counted');
+  t.equal(app.pushesFor('n-wait').filter((p) => p.answered === 'error').length, MAX_ERRORS + 1);
+
+  // Failures, a success, failures: never the limit in a row.
+  const reset = await pushEach(app, jid, 'n-wait', ['error', 'error', 'result', 'error', 'error', 'result'], { type: 'cancel', condition: 'item-not-found' });
+  t.equal(reset, MAX_ERRORS + 2 + 6, 'the success reset the count: still pushed after more than the limit of failures in all');
+  t.equal(registrationsOf('frank@proxy.test')?.length ?? 1, 1, 'still registered');
+});
+
+t.test('an app server that never answers counts as failing (push.replyTimeoutSeconds)', async (t) => {
+  const app = await appServer(t, 'app-mute');
+  const { jid } = await hibernatedPhone('grace', app, 'n-mute');
+  const got = await pushEach(app, jid, 'n-mute', Array(MAX_ERRORS).fill('silent'));
+  t.equal(got, MAX_ERRORS);
+  const regs = registrationsOf('grace@proxy.test');
+  if (regs) await waitFor(() => registrationsOf('grace@proxy.test')!.length === 0, 'registration removed', 15_000);
+  else await sleep(2500); // past push.replyTimeoutSeconds for the last push
+
+  app.mode = 'result';
+  bob.send(chat(jid, 'after the timeouts'));
+  await sleep(QUIET_MS);
+  t.equal(app.pushesFor('n-mute').length, MAX_ERRORS, 'no push after the limit of unanswered ones');
+});

@@ -1,0 +1,278 @@
+/**
+ * XEP-0357 push through the proxy (issue 13), end to end on real Prosody: the phones are clients
+ * of the proxy, the app server is a real account logged in directly to Prosody (AppServer), and
+ * the senders talk to Prosody directly, so only the proxy can have produced a push.
+ *
+ * Absence is checked by waiting: "no push" means none within 2.5 × push.batchSeconds after the
+ * stanza reached the proxy's queue (a batch that would have gone out has by then).
+ */
+import t from 'tap';
+import { xml } from '@xmpp/client';
+import type { Element } from 'ltx';
+import { startProsody } from '../harness/prosody.ts';
+import { startTestProxy, clientFor, waitFor, bodiesOf, ACCOUNTS } from '../harness/proxy.ts';
+import { RawClient } from '../harness/raw-client.ts';
+import { sessionOf, sleep } from '../harness/chat.ts';
+import {
+  AppServer, APP_ACCOUNT, NS_PUSH, NS_PUBSUB, SECRET, chat, chatState, disableIq, enableIq, errorCondition, iqAnswer, phone, resume,
+} from '../harness/app-server.ts';
+import type { Session } from '../../src/session/session.ts';
+import type { SessionEnd } from '../../src/session/events.ts';
+
+const USERS = ['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan'];
+const BATCH_MS = 1000;
+/** Long enough for any batch that would go out to have gone out. */
+const QUIET_MS = 2.5 * BATCH_MS;
+
+const prosody = await startProsody({
+  tls: 'required',
+  accounts: [...ACCOUNTS, APP_ACCOUNT, ...USERS.map((user) => ({ user, password: `${user}-pw` }))],
+});
+t.teardown(() => prosody.stop());
+const tp = await startTestProxy(prosody, { sm: { hibernationSeconds: 120 }, push: { batchSeconds: BATCH_MS / 1000 } });
+t.teardown(() => tp.close());
+const app = await AppServer.start(prosody);
+t.teardown(() => app.stop());
+// bob writes to the phones directly through Prosody.
+const { client: bob } = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'pc' });
+t.teardown(() => bob.destroy());
+
+/** The proxy's registrations of `bareJid`, if the feature exposes them. */
+function registrationsOf(bareJid: string): Array<{ jid: string; node: string }> | undefined {
+  const push = (tp.proxy as unknown as { push?: { registrations?: { list(b: string): Array<{ jid: string; node: string }> } } }).push;
+  return push?.registrations?.list(bareJid);
+}
+
+/** Drops the phone's TCP connection (no `</stream:stream>`) and waits for its session to hibernate. */
+async function drop(client: RawClient, fullJid: string): Promise<Session> {
+  const session = sessionOf(tp, fullJid);
+  const hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  client.destroy();
+  await hibernating;
+  return session;
+}
+
+t.test('harness: the app server gets a publish sent directly through Prosody and answers per its mode', async (t) => {
+  const publish = (id: string) =>
+    `<iq type='set' id='${id}' to='${app.jid}'><pubsub xmlns='${NS_PUBSUB}'><publish node='h1'><item>` +
+    `<notification xmlns='${NS_PUSH}'><x xmlns='jabber:x:data' type='submit'>` +
+    `<field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field><field var='message-count'><value>1</value></field>` +
+    `</x></notification></item></publish></pubsub></iq>`;
+  t.equal((await iqAnswer(bob, publish('h-1'), 'h-1')).attrs.type, 'result');
+  app.mode = 'error';
+  app.error = { type: 'cancel', condition: 'item-not-found' };
+  const err = await iqAnswer(bob, publish('h-2'), 'h-2');
+  t.equal(err.attrs.type, 'error');
+  t.equal(errorCondition(err), 'item-not-found');
+  app.mode = 'result';
+  t.equal(app.pushesFor('h1').length, 2);
+  const [first] = app.pushesFor('h1');
+  t.match(first, { from: 'bob@proxy.test/pc', node: 'h1', messageCount: '1', answered: 'result' });
+  t.equal(first!.body, undefined);
+  t.equal(first!.publishOptions, undefined);
+  t.equal(app.pushesFor('h1')[1]!.answered, 'error');
+});
+
+t.test('enable and disable are answered by the proxy; a missing jid is bad-request', async (t) => {
+  const { client } = await RawClient.login({ port: tp.port, user: 'carol', password: 'carol-pw', resource: 'r' });
+  t.teardown(() => client.destroy());
+
+  const enabled = await iqAnswer(client, enableIq('e1', app.jid, 'n-iq'), 'e1');
+  t.equal(enabled.attrs.type, 'result', 'enable: result');
+  t.same(enabled.getChildElements(), [], 'an empty result');
+  t.match(registrationsOf('carol@proxy.test') ?? [{ jid: app.jid, node: 'n-iq' }], [{ jid: app.jid, node: 'n-iq' }], 'registered');
+
+  // Prosody itself (no mod_cloud_notify) refuses the same request: a result can only be the proxy's.
+  const direct = await iqAnswer(bob, enableIq('e0', app.jid, 'n-direct'), 'e0');
+  t.equal(direct.attrs.type, 'error', 'Prosody alone does not answer enable with a result');
+
+  const noJid = await iqAnswer(client, enableIq('e2', undefined, 'n-iq'), 'e2');
+  t.equal(noJid.attrs.type, 'error', 'enable without jid: error');
+  t.equal(noJid.getChild('error')?.attrs.type, 'modify');
+  t.equal(errorCondition(noJid), 'bad-request');
+
+  const disabled = await iqAnswer(client, disableIq('d1', app.jid, 'n-iq'), 'd1');
+  t.equal(disabled.attrs.type, 'result', 'disable with node: result');
+  t.same(registrationsOf('carol@proxy.test') ?? [], [], 'nothing left');
+  const disabledAll = await iqAnswer(client, disableIq('d2', app.jid), 'd2');
+  t.equal(disabledAll.attrs.type, 'result', 'disable without node: result');
+  client.send('</stream:stream>');
+});
+
+t.test("disco#info to the account's bare JID advertises urn:xmpp:push:0", async (t) => {
+  const { client } = await RawClient.login({ port: tp.port, user: 'carol', password: 'carol-pw', resource: 'disco' });
+  t.teardown(() => client.destroy());
+  const info = await iqAnswer(client, `<iq type='get' id='i1' to='carol@proxy.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`, 'i1');
+  t.equal(info.attrs.type, 'result');
+  const features = info.getChild('query')?.getChildren('feature').map((f) => f.attrs.var) ?? [];
+  t.ok(features.includes(NS_PUSH), `features: ${features.join(' ')}`);
+  t.equal(features.filter((f) => f === NS_PUSH).length, 1, 'listed once');
+  client.send('</stream:stream>');
+});
+
+t.test('hibernated phone: chat state and presence give no push, a body one push without body text or sender; resume gets all', async (t) => {
+  const { client, jid, smId } = await phone(tp.port, 'dave', 'phone', [{ jid: app.jid, node: 'n-main' }]);
+  const session = await drop(client, jid);
+
+  bob.send(chatState(jid));
+  bob.send(`<presence to='${jid}'/>`);
+  await waitFor(() => session.sm.queue.length === 2, 'chat state and presence queued');
+  await sleep(QUIET_MS);
+  t.same(app.pushesFor('n-main'), [], 'no push for a chat state or a presence');
+
+  bob.send(chat(jid, 'the secret words', 'm1'));
+  const [push] = await app.waitForPushes(1, 15_000, 'n-main');
+  await sleep(QUIET_MS);
+  t.equal(app.pushesFor('n-main').length, 1, 'exactly one push');
+  t.equal(push!.from, jid, "sent over the phone's own upstream session");
+  t.equal(push!.iq.attrs.type, 'set');
+  t.equal(push!.summary.FORM_TYPE, 'urn:xmpp:push:summary');
+  t.ok(Number(push!.messageCount) >= 1, `message-count ${push!.messageCount}`);
+  t.equal(push!.body, 'New Message!', 'the placeholder, not the body');
+  t.notOk('last-message-sender' in push!.summary, 'no sender by default');
+  t.notMatch(push!.iq.toString(), /secret words/, 'the body text is nowhere in the push');
+  t.notMatch(push!.iq.toString(), /bob@/, 'nor the sender');
+  t.equal(push!.publishOptions?.secret, SECRET, 'the publish-options secret is passed on');
+  t.equal(push!.publishOptions?.FORM_TYPE, 'http://jabber.org/protocol/pubsub#publish-options');
+  t.equal(session.sm.queue.length, 3, "the app server's answer is not queued for the phone");
+
+  const again = await resume(tp.port, 'dave', smId);
+  const first = await again.next((el) => el.name === 'message');
+  const second = await again.next((el) => el.name === 'message');
+  t.ok(first.getChild('composing', 'http://jabber.org/protocol/chatstates'), 'the chat state first');
+  t.equal(second.getChildText('body'), 'the secret words', 'then the message');
+  t.ok(again.received.some((el) => el.name === 'presence'), 'and the presence');
+  again.send(`<a xmlns='urn:xmpp:sm:3' h='3'/>`);
+  await waitFor(() => session.sm.queue.length === 0, 'acked');
+  t.notOk(again.received.some((el) => el.name === 'iq'), 'no push answer reached the phone');
+  again.send('</stream:stream>');
+  await again.closed;
+});
+
+t.test('disable stops pushes: one node, then every node of an app server; another app server still gets its push', async (t) => {
+  const app2 = await AppServer.start(prosody, { ...APP_ACCOUNT, resource: 'app2' });
+  t.teardown(() => app2.stop());
+  const { client, jid } = await phone(tp.port, 'erin', 'phone', [
+    { jid: app.jid, node: 'n-d1' },
+    { jid: app.jid, node: 'n-d2' },
+    { jid: app2.jid, node: 'n-d3' },
+  ]);
+  t.equal((await iqAnswer(client, disableIq('d1', app.jid, 'n-d1'), 'd1')).attrs.type, 'result');
+  t.equal((await iqAnswer(client, disableIq('d2', app.jid), 'd2')).attrs.type, 'result');
+  const session = await drop(client, jid);
+
+  bob.send(chat(jid, 'anyone?'));
+  const [push] = await app2.waitForPushes(1, 15_000, 'n-d3');
+  t.equal(push!.from, jid, 'the registration left pushes');
+  await sleep(QUIET_MS);
+  t.same(app.pushes.filter((p) => p.from === jid), [], 'the disabled ones get nothing');
+  t.equal(app2.pushes.length, 1);
+  t.match(registrationsOf('erin@proxy.test') ?? [{ jid: app2.jid, node: 'n-d3' }], [{ jid: app2.jid, node: 'n-d3' }]);
+  t.ok(session.hibernating);
+});
+
+t.test('maxDevices: a sixth registration evicts the oldest', async (t) => {
+  const nodes = [1, 2, 3, 4, 5, 6].map((i) => `n-m${i}`);
+  const { client, jid } = await phone(tp.port, 'frank', 'phone', nodes.map((node) => ({ jid: app.jid, node })));
+  await drop(client, jid);
+  bob.send(chat(jid, 'to all devices'));
+  await waitFor(() => app.pushes.filter((p) => p.from === jid).length >= 5, 'five pushes', 15_000);
+  await sleep(QUIET_MS);
+  const got = app.pushes.filter((p) => p.from === jid).map((p) => p.node).sort();
+  t.same(got, nodes.slice(1), 'one push to each of the five newest, none to the first');
+  t.equal(registrationsOf('frank@proxy.test')?.length ?? 5, 5);
+});
+
+t.test('@xmpp/client: a burst of 50 messages while hibernated gives one push per batch; resume gets the 50 once, in order', async (t) => {
+  const grace = clientFor(tp, 'grace', 'grace-pw', { resource: 'phone' });
+  const got = bodiesOf(grace);
+  t.teardown(() => grace.stop().catch(() => {}));
+  await grace.start();
+  const answer: Element = await grace.iqCaller.request(xml('iq', { type: 'set' }, xml('enable', { xmlns: NS_PUSH, jid: app.jid, node: 'n-burst' })));
+  t.equal(answer.attrs.type, 'result', 'enable answered');
+  await waitFor(() => sessionOf(tp, 'grace@proxy.test/phone').sm.enabled, 'SM enabled');
+  const session = sessionOf(tp, 'grace@proxy.test/phone');
+  grace.reconnect.stop();
+  const hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  grace.socket.socket.destroy();
+  await hibernating;
+
+  for (let i = 1; i <= 50; i++) bob.send(chat('grace@proxy.test/phone', `burst ${i}`, `b${i}`));
+  await waitFor(() => session.sm.queue.length >= 50, 'the 50 messages are queued');
+  await app.waitForPushes(1, 15_000, 'n-burst');
+  await sleep(QUIET_MS);
+  const pushes = app.pushesFor('n-burst');
+  t.ok(pushes.length >= 1 && pushes.length <= 3, `one push per batch, not one per message: ${pushes.length}`);
+  t.ok(pushes.every((p) => p.body === 'New Message!'));
+
+  const resumed = new Promise((resolve) => grace.streamManagement.once('resumed', resolve));
+  await grace.reconnect.reconnect();
+  await resumed;
+  await waitFor(() => got.length >= 50, 'the 50 messages arrive');
+  await sleep(300);
+  t.same(got, Array.from({ length: 50 }, (_, i) => `burst ${i + 1}`), 'all 50, once each, in order');
+  t.equal(app.pushesFor('n-burst').length, pushes.length, 'the resume pushes nothing');
+});
+
+// ---- a second proxy: short hibernation, pushes with body and sender ----
+
+t.test('hibernation is extended until the first push, then the normal time runs (withBody, withSender)', async (t) => {
+  const tp2 = await startTestProxy(prosody, {
+    sm: { hibernationSeconds: 2 },
+    push: { batchSeconds: 1, maxHibernationSeconds: 30, withBody: true, withSender: true },
+  });
+  t.teardown(() => tp2.close());
+  const { client, jid, smId } = await phone(tp2.port, 'heidi', 'phone', [{ jid: app.jid, node: 'n-ext' }]);
+  let session = sessionOf(tp2, jid);
+  let hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  client.destroy();
+  await hibernating;
+
+  await sleep(4000); // twice sm.hibernationSeconds
+  t.ok(tp2.proxy.sessions.has(session) && session.hibernating, 'still hibernating past sm.hibernationSeconds');
+  t.same(app.pushesFor('n-ext'), [], 'no push yet');
+  const again = await resume(tp2.port, 'heidi', smId);
+  t.pass('resumable past sm.hibernationSeconds');
+  session = sessionOf(tp2, jid);
+  hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  again.destroy();
+  await hibernating;
+
+  let ended = false;
+  const end = new Promise<SessionEnd>((resolve) => session.once('ended', (e: SessionEnd) => ((ended = true), resolve(e))));
+  bob.send(chat(jid, 'wake up'));
+  const [push] = await app.waitForPushes(1, 15_000, 'n-ext');
+  t.notOk(ended, 'the session outlived sm.hibernationSeconds until the push');
+  t.equal(push!.body, 'wake up', 'withBody: the real body');
+  t.match(push!.sender, /^bob@proxy\.test/, 'withSender: the sender');
+  t.match(await end, { cause: 'hibernation-timeout', hibernating: true }, 'then the normal hibernation ran out');
+  t.equal(app.pushesFor('n-ext').length, 1, 'one push');
+});
+
+t.test("messages held after the account's last session ended are pushed once", async (t) => {
+  const tp3 = await startTestProxy(prosody, { sm: { maxAckDelaySeconds: 60 }, push: { batchSeconds: 1 } });
+  t.teardown(() => tp3.close());
+  // XEP-0198 without resumption: a lost connection ends the session with its unacked stanzas.
+  const { client, jid } = await RawClient.login({ port: tp3.port, user: 'ivan', password: 'ivan-pw', resource: 'phone' });
+  t.equal((await iqAnswer(client, enableIq('e1', app.jid, 'n-held'), 'e1')).attrs.type, 'result');
+  client.send(`<enable xmlns='urn:xmpp:sm:3'/>`);
+  await client.next((el) => el.name === 'enabled');
+  const session = sessionOf(tp3, jid);
+  bob.send(chat(jid, 'held for later', 'h1'));
+  await client.next((el) => el.name === 'message');
+  const ended = new Promise<SessionEnd>((resolve) => session.once('ended', resolve));
+  client.destroy(); // before acking, and long before max_ack_delay
+  const end = await ended;
+  t.equal(end.settled?.hold, 1, 'the message is held for the next login');
+  t.same(app.pushesFor('n-held'), [], 'nothing was pushed while the client was connected');
+  const [push] = await app.waitForPushes(1, 15_000, 'n-held');
+  t.equal(push!.body, 'New Message!');
+  await sleep(QUIET_MS);
+  t.equal(app.pushesFor('n-held').length, 1, 'pushed once');
+
+  const next = await RawClient.login({ port: tp3.port, user: 'ivan', password: 'ivan-pw', resource: 'again' });
+  next.client.send('<presence/>');
+  const held = await next.client.next((el) => el.name === 'message' && el.getChildText('body') !== null);
+  t.equal(held.getChildText('body'), 'held for later', 'the held message is delivered at the next login');
+  next.client.send('</stream:stream>');
+});
