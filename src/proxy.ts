@@ -19,6 +19,8 @@ import { HibernationJournal } from './session/hibernation-journal.ts';
 import { openStore } from './storage/sqlite-store.ts';
 import { createMetrics, type Metrics } from './metrics/metrics.ts';
 import { MucFeature } from './muc/feature.ts';
+import { PushFeature } from './push/feature.ts';
+import { PushRegistrations } from './push/registrations.ts';
 import { startMetricsServer, type MetricsServer } from './metrics/server.ts';
 import type { Store } from './storage/store.ts';
 import { StreamError } from './xml/stream-error.ts';
@@ -41,6 +43,8 @@ export interface Proxy {
   metricsAddress: AddressInfo | undefined;
   /** Group chats: the rooms of each session (design §4.6). */
   muc: MucFeature;
+  /** Push notifications (design §4.7); undefined with `push.enabled` false. */
+  push: PushFeature | undefined;
   /**
    * Re-reads the certificate (the PEM pair or PKCS#12 file of `tlsOptions`, default the config's
    * `tls` section) and uses it for every later TLS handshake, STARTTLS and direct TLS; open
@@ -70,14 +74,16 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   const store = openStore(config.storage.dataDir, { log });
   let registry: SessionRegistry<Session>;
   let held: HeldMessages;
+  let pushRegistrations: PushRegistrations;
   try {
     registry = new SessionRegistry<Session>(config.sm.maxOldSessions, { store });
     held = new HeldMessages(config.sm.maxHeldMessages, { ttlMs: config.sm.heldMessagesTtlSeconds * 1000, maxBytes: config.sm.maxHeldBytes, store });
+    pushRegistrations = new PushRegistrations({ store, maxPerAccount: config.push.maxDevices, maxFailures: config.push.maxErrors });
   } catch (err) {
     store.close();
     throw err;
   }
-  log.info({ path: store.path, held: held.size, heldAccounts: held.accounts, oldAccounts: registry.oldAccounts }, 'storage opened');
+  log.info({ path: store.path, held: held.size, heldAccounts: held.accounts, oldAccounts: registry.oldAccounts, pushRegistrations: pushRegistrations.size }, 'storage opened');
   let metricsServer: MetricsServer | undefined;
   let metrics: Metrics | undefined;
   /** Undoes a start that failed after the store was opened. */
@@ -132,9 +138,10 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
   });
   // First among the stanza hooks: hooks run in order and a consuming one stops the rest.
   let listening = false;
-  metrics = createMetrics({ manager, held, certificateNotAfter: () => certificateNotAfter, ready: () => listening });
+  metrics = createMetrics({ manager, held, pushRegistrations, certificateNotAfter: () => certificateNotAfter, ready: () => listening });
   if (config.metrics.listen) metricsServer = await startMetricsServer(config.metrics.listen, metrics, log).catch(release);
   const muc = new MucFeature(manager, config.muc, log);
+  const push = config.push.enabled ? new PushFeature(manager, pushRegistrations, config.push, config.sm.hibernationSeconds, log) : undefined;
 
   const clientDeps: ClientStreamDeps = {
     domains: new Set(config.domains),
@@ -188,6 +195,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     metrics,
     metricsAddress: metricsServer?.address,
     muc,
+    push,
     async reloadTls(tlsOptions = tlsSection) {
       try {
         if (tlsOptions.certFile === undefined && tlsOptions.keyFile === undefined && tlsOptions.pkcs12File === undefined) {
@@ -224,6 +232,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       await closed;
       await metricsServer?.close();
       muc.close();
+      push?.close();
       metrics.close();
       store.close();
     },

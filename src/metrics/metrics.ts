@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SessionManager } from '../session/manager.ts';
-import type { ProxyEventMap, StanzaHook } from '../session/events.ts';
+import { PUSH_OUTCOMES, type ProxyEventMap, type StanzaHook } from '../session/events.ts';
 import {
   END_CAUSES,
   HIBERNATION_ENDS,
@@ -52,6 +52,8 @@ export interface MetricsSources {
   manager: Pick<SessionManager, 'events' | 'hooks' | 'counts'>;
   /** Messages held for accounts with no session (Proxy.held). */
   held: HeldMessagesSource;
+  /** Push registrations (Proxy's PushRegistrations): their count is read at each scrape. */
+  pushRegistrations?: { readonly size: number };
   /** When the TLS certificate in use expires; read at each scrape (it changes on reload). */
   certificateNotAfter: () => Date;
   /** True once the proxy serves clients (its listeners are up): `/readyz`. */
@@ -217,6 +219,12 @@ export function createMetrics(sources: MetricsSources): Metrics {
     ['joined', 'joined-nick-changed', 'not-joined', 'undecided'],
   );
   const mucNotices = counter('muc_notices_total', 'Not-joined notices (status 110 + 333) sent to clients for rooms they were out of (notices).');
+  const pushes = fixedLabelCounter(
+    counter('pushes_total', "XEP-0357 pushes by outcome: sent (the app server accepted it), error (it answered an error), timeout (no answer within push.replyTimeoutSeconds), unconfirmed (its answer could not come back: the link dropped or the session ended) (pushes).", ['outcome']),
+    'outcome',
+    PUSH_OUTCOMES,
+  );
+  const pushExtensions = counter('push_hibernation_extensions_total', 'Hibernations extended to push.maxHibernationSeconds until the first push (hibernations).');
   const custodyLatency = histogram('custody_ack_latency_seconds', 'Time from a custody barrier (ping or <r/>) to the upstream confirming it (seconds).', CUSTODY_BUCKETS);
 
   // ---- gauges and counters read from sources ---------------------------------------------------
@@ -227,6 +235,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
   sourcedCounter('held_messages_delivered_total', 'Held messages delivered at a login (messages).', () => held.delivered);
   sourcedCounter('held_messages_expired_total', 'Held messages dropped as older than the TTL (messages).', () => held.droppedExpired);
   sourcedCounter('held_messages_dropped_total', 'Held messages dropped for any reason, expiry included (messages).', () => held.dropped);
+  sourcedGauge('push_registrations', 'XEP-0357 push registrations stored, all accounts (registrations).', () => sources.pushRegistrations?.size ?? 0);
   // A timestamp, not a countdown (Prometheus practice): days left = (this - time()) / 86400.
   sourcedGauge('tls_certificate_expiry_timestamp_seconds', "When the proxy's TLS certificate expires (Unix time, seconds).", () => sources.certificateNotAfter().getTime() / 1000);
 
@@ -265,6 +274,8 @@ export function createMetrics(sources: MetricsSources): Metrics {
     'muc-rejoin': (_s, outcome) => mucRejoins(outcome),
     'muc-notice': () => mucNotices.inc(),
     'muc-self-ping': (_s, verdict) => mucSelfPings(verdict),
+    'push-outcome': (outcome) => pushes(outcome),
+    'push-hibernation-extended': () => pushExtensions.inc(),
   };
   const entries = Object.entries(listeners) as [keyof ProxyEventMap, (...args: unknown[]) => void][];
   for (const [name, listener] of entries) manager.events.on(name, listener as never);

@@ -88,6 +88,11 @@ export class PushRegistrations {
     return n;
   }
 
+  /** True when `bareJid` has at least one registration (cheap: no copy). */
+  has(bareJid: string): boolean {
+    return this.#byAccount.has(bareJid);
+  }
+
   /** An account's registrations, oldest first (a copy). */
   list(bareJid: string): PushRegistration[] {
     return [...(this.#byAccount.get(bareJid) ?? [])];
@@ -97,11 +102,12 @@ export class PushRegistrations {
    * Registers (`<enable jid node>` with an optional publish-options form, as XML) for `bareJid`,
    * replacing one with the same jid and node.
    * @returns the registrations evicted to make room (the account's oldest).
-   * @throws RangeError when a field is over {@link PUSH_LIMITS} or jid/node is empty (the caller
+   * `node` may be '' (mod_cloud_notify accepts an enable without one: XEP-0357 §5 says SHOULD).
+   * @throws RangeError when a field is over {@link PUSH_LIMITS} or jid is empty (the caller
    *   answers `bad-request` or `not-acceptable`).
    */
   enable(bareJid: string, jid: string, node: string, form?: string): PushRegistration[] {
-    if (!jid || !node) throw new RangeError('push: jid and node are required');
+    if (!jid) throw new RangeError('push: jid is required');
     if (jid.length > PUSH_LIMITS.jid || node.length > PUSH_LIMITS.node || (form?.length ?? 0) > PUSH_LIMITS.form) {
       throw new RangeError('push: registration too large');
     }

@@ -9,6 +9,7 @@
 import type { TopLevel } from '../xml/top-level.ts';
 import type { Session } from './session.ts';
 import type { LinkEndKind } from '../upstream/link.ts';
+import type { QueuedStanza } from '../sm/outbound-queue.ts';
 
 /**
  * Why a session ended: the fixed set logs and metrics use (design §4.3).
@@ -60,6 +61,19 @@ export const RESUME_FAILURES = ['unknown-id', 'expired', 'bad-request', 'overflo
 /** One of {@link RESUME_FAILURES}. */
 export type ResumeFailure = (typeof RESUME_FAILURES)[number];
 
+/**
+ * How a push ended (design §4.7), the fixed set:
+ * - `sent`: the app server accepted it (iq result);
+ * - `error`: the app server answered an error (counted against the registration unless of type `wait`);
+ * - `timeout`: no answer within `push.replyTimeoutSeconds` (counted against the registration);
+ * - `unconfirmed`: it went out but its answer could not come back (the upstream link it went
+ *   out on dropped, or the session ended: the push for held messages); not counted.
+ */
+export const PUSH_OUTCOMES = ['sent', 'error', 'timeout', 'unconfirmed'] as const;
+
+/** One of {@link PUSH_OUTCOMES}. */
+export type PushOutcome = (typeof PUSH_OUTCOMES)[number];
+
 /** How an ended session's unacked stanzas were settled (design §4.3). */
 export interface SettleCounts {
   archived: number;
@@ -95,6 +109,12 @@ export interface ProxyEventMap {
   'session-resumed': [session: Session, info: { hibernatedMs: number; resent: number }];
   /** A `<resume/>` failed; the client got `<failed/>`. */
   'resume-failed': [reason: ResumeFailure];
+  /**
+   * The session is ending: its unacked stanzas were just settled (`held`: kept for the account's
+   * next login, design §4.3). Its upstream link is still open: the last moment a feature may send
+   * on it (push for the held messages, design §4.7). `session-ended` follows.
+   */
+  'session-ending': [session: Session, info: { held: readonly QueuedStanza[]; cause: EndCause }];
   /** The session is over. */
   'session-ended': [session: Session, end: SessionEnd];
   /** An `<r/>` went unanswered for `sm.maxAckDelaySeconds` (mod_smacks' smacks-ack-delayed). */
@@ -117,6 +137,10 @@ export interface ProxyEventMap {
   'muc-notice': [session: Session];
   /** A self-ping round (XEP-0410 §3.2) ended with this verdict (after its retries). */
   'muc-self-ping': [session: Session, verdict: 'joined' | 'joined-nick-changed' | 'not-joined' | 'undecided'];
+  /** A push (XEP-0357 §7) was settled: see {@link PUSH_OUTCOMES}; `important` when it carried the body placeholder. */
+  'push-outcome': [outcome: PushOutcome, info: { important: boolean }];
+  /** A hibernated session's time was extended until its first push (`push.maxHibernationSeconds`, design §4.7). */
+  'push-hibernation-extended': [session: Session];
 }
 
 /**

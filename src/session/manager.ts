@@ -23,6 +23,7 @@ const FORWARDED = [
   ['upstream-up', 'upstream-up'],
   ['custody-confirmed', 'custody-confirmed'],
   ['duplicate-dropped', 'duplicate-dropped'],
+  ['ending', 'session-ending'],
 ] as const;
 
 /** What the manager needs beside what it gives every session (registry, hooks, last-session rule). */

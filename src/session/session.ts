@@ -86,6 +86,8 @@ export interface SessionDeps {
  * - `upstream-up` ({ downMs, resumed }): a new upstream link is bound and the state replayed.
  * - `custody-confirmed` ({ stanzas, latencyMs }): a custody barrier answered (design §4.4).
  * - `duplicate-dropped` (): a second copy of a message did not reach the client.
+ * - `ending` ({ held, cause }): the session is ending and its unacked stanzas are settled (`held`: those
+ *   kept for the account's next login); its upstream link is still open (last chance to send).
  * - `ended` (end: SessionEnd): the session is over, with a cause from END_CAUSES.
  *
  * One client stream owns the session at a time: attaching one detaches (and releases) the
@@ -431,6 +433,20 @@ export class Session extends EventEmitter {
     this.emit('hibernating');
   }
 
+  /**
+   * Restarts the hibernation timer so that the session ends `seconds` from now unless resumed
+   * (mod_cloud_notify's extended watchdog: push keeps a hibernated session until its first push).
+   * @returns false when no client is absent (nothing to extend) or the session ended.
+   */
+  setHibernationTimeout(seconds: number): boolean {
+    if (this.#ended || this.#hibernationTimer === undefined) return false;
+    clearTimeout(this.#hibernationTimer);
+    this.#hibernationTimer = undefined;
+    this.#hibernationTimer = setTimeout(() => this.end('hibernation-timeout', 'hibernation timed out'), seconds * 1000);
+    this.#hibernationTimer.unref();
+    return true;
+  }
+
   /** Runs while no client owns the session, resumes in flight included (idempotent). */
   #startHibernationTimer(): void {
     this.#hibernationTimer ??= setTimeout(() => this.end('hibernation-timeout', 'hibernation timed out'), this.#deps.hibernationSeconds * 1000);
@@ -616,19 +632,25 @@ export class Session extends EventEmitter {
     // One store transaction: what is held, the journal deleted and the old h reach the disk together.
     this.#deps.held.batch(() => {
       const last = cause === 'shutdown' || this.#deps.isLastSession(this);
-      const counts = this.#settleAll([...this.#handedOver, ...this.sm.queue.drain()], last);
+      const held: QueuedStanza[] = [];
+      const counts = this.#settleAll([...this.#handedOver, ...this.sm.queue.drain()], last, held);
       this.#handedOver = [];
+      // The upstream link is still open: a feature may still send on it (push, design §4.7).
+      this.emit('ending', { held, cause });
       this.#finish(cause, detail, `<presence type='unavailable'/>`, counts);
     });
   }
 
   /** Settles stanzas of an ending session the mod_smacks way (design §4.3); returns the counts. */
-  #settleAll(stanzas: QueuedStanza[], last = this.#deps.isLastSession(this)): SettleCounts {
+  #settleAll(stanzas: QueuedStanza[], last = this.#deps.isLastSession(this), held?: QueuedStanza[]): SettleCounts {
     const counts = { archived: 0, hold: 0, bounce: 0, drop: 0 };
     for (const stanza of stanzas) {
       const outcome = settle(stanza, this.bareJid, last);
       counts[outcome.action]++;
-      if (outcome.action === 'hold') this.#hold(stanza);
+      if (outcome.action === 'hold') {
+        this.#hold(stanza);
+        held?.push(stanza);
+      }
       else if (outcome.action === 'bounce') this.#upstream.sendOwn(outcome.reply);
     }
     if (counts.bounce > 0 && !this.#upstream.linked) {
