@@ -19,7 +19,7 @@ import {
 import type { Session } from '../../src/session/session.ts';
 import type { SessionEnd } from '../../src/session/events.ts';
 
-const USERS = ['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan'];
+const USERS = ['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy'];
 const BATCH_MS = 1000;
 /** Long enough for any batch that would go out to have gone out. */
 const QUIET_MS = 2.5 * BATCH_MS;
@@ -37,10 +37,9 @@ t.teardown(() => app.stop());
 const { client: bob } = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'pc' });
 t.teardown(() => bob.destroy());
 
-/** The proxy's registrations of `bareJid`, if the feature exposes them. */
-function registrationsOf(bareJid: string): Array<{ jid: string; node: string }> | undefined {
-  const push = (tp.proxy as unknown as { push?: { registrations?: { list(b: string): Array<{ jid: string; node: string }> } } }).push;
-  return push?.registrations?.list(bareJid);
+/** The proxy's push registrations of `bareJid` (jid, node), oldest first. */
+function registrationsOf(bareJid: string): Array<{ jid: string; node: string }> {
+  return tp.proxy.push!.registrations.list(bareJid).map(({ jid, node }) => ({ jid, node }));
 }
 
 /** Drops the phone's TCP connection (no `</stream:stream>`) and waits for its session to hibernate. */
@@ -80,7 +79,7 @@ t.test('enable and disable are answered by the proxy; a missing jid is bad-reque
   const enabled = await iqAnswer(client, enableIq('e1', app.jid, 'n-iq'), 'e1');
   t.equal(enabled.attrs.type, 'result', 'enable: result');
   t.same(enabled.getChildElements(), [], 'an empty result');
-  t.match(registrationsOf('carol@proxy.test') ?? [{ jid: app.jid, node: 'n-iq' }], [{ jid: app.jid, node: 'n-iq' }], 'registered');
+  t.same(registrationsOf('carol@proxy.test'), [{ jid: app.jid, node: 'n-iq' }], 'registered');
 
   // Prosody itself (no mod_cloud_notify) refuses the same request: a result can only be the proxy's.
   const direct = await iqAnswer(bob, enableIq('e0', app.jid, 'n-direct'), 'e0');
@@ -93,7 +92,7 @@ t.test('enable and disable are answered by the proxy; a missing jid is bad-reque
 
   const disabled = await iqAnswer(client, disableIq('d1', app.jid, 'n-iq'), 'd1');
   t.equal(disabled.attrs.type, 'result', 'disable with node: result');
-  t.same(registrationsOf('carol@proxy.test') ?? [], [], 'nothing left');
+  t.same(registrationsOf('carol@proxy.test'), [], 'nothing left');
   const disabledAll = await iqAnswer(client, disableIq('d2', app.jid), 'd2');
   t.equal(disabledAll.attrs.type, 'result', 'disable without node: result');
   client.send('</stream:stream>');
@@ -149,6 +148,40 @@ t.test('hibernated phone: chat state and presence give no push, a body one push 
   await again.closed;
 });
 
+t.test('what is worth a push: none for headlines, errors and sent carbons; a receipt unimportant; OMEMO and a received carbon important', async (t) => {
+  const { client, jid } = await phone(tp.port, 'judy', 'phone', [{ jid: app.jid, node: 'n-kind' }]);
+  // Carbons on for the phone (answered by Prosody), so the server copies judy's other resource's traffic to it.
+  t.equal((await iqAnswer(client, `<iq type='set' id='c1'><enable xmlns='urn:xmpp:carbons:2'/></iq>`, 'c1')).attrs.type, 'result', 'carbons enabled');
+  const session = await drop(client, jid);
+  const { client: desk } = await RawClient.login({ port: prosody.c2sPort, user: 'judy', password: 'judy-pw', resource: 'desk' });
+  t.teardown(() => desk.destroy());
+  desk.send(`<iq type='set' id='c2'><enable xmlns='urn:xmpp:carbons:2'/></iq>`);
+  await desk.next((el) => el.attrs.id === 'c2');
+
+  bob.send(`<message to='${jid}' type='headline'><body>breaking news</body></message>`);
+  bob.send(`<message to='${jid}' type='error'><body>bounced</body><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`);
+  desk.send(chat('bob@proxy.test/pc', 'sent from the desk')); // a sent carbon for the phone
+  // Queued: the carbons answer (the phone never acked it), then these three in any order.
+  await waitFor(() => session.sm.queue.length === 4, 'headline, error and sent carbon queued');
+  t.ok(session.sm.queue.unacked().some((q) => q.xml.includes("<sent xmlns='urn:xmpp:carbons:2'")), 'the sent carbon reached the phone');
+  await sleep(QUIET_MS);
+  t.same(app.pushesFor('n-kind'), [], 'none of them pushed');
+
+  bob.send(`<message to='${jid}' type='chat'><received xmlns='urn:xmpp:receipts' id='m1'/></message>`);
+  const [receipt] = await app.waitForPushes(1, 15_000, 'n-kind');
+  t.notOk('last-message-body' in receipt!.summary, 'a receipt: a push without body');
+
+  bob.send(`<message to='${jid}' type='chat'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'/><payload>AAAA</payload></encrypted></message>`);
+  const omemo = (await app.waitForPushes(2, 15_000, 'n-kind'))[1]!;
+  t.equal(omemo.body, 'New Message!', 'OMEMO without a body: important');
+
+  bob.send(chat('judy@proxy.test/desk', 'to the desk')); // a received carbon for the phone
+  const carbon = (await app.waitForPushes(3, 15_000, 'n-kind'))[2]!;
+  t.equal(carbon.body, 'New Message!', 'a received carbon of a chat message: important');
+  await sleep(QUIET_MS);
+  t.equal(app.pushesFor('n-kind').length, 3, 'one push each, nothing more');
+});
+
 t.test('disable stops pushes: one node, then every node of an app server; another app server still gets its push', async (t) => {
   const app2 = await AppServer.start(prosody, { ...APP_ACCOUNT, resource: 'app2' });
   t.teardown(() => app2.stop());
@@ -167,7 +200,7 @@ t.test('disable stops pushes: one node, then every node of an app server; anothe
   await sleep(QUIET_MS);
   t.same(app.pushes.filter((p) => p.from === jid), [], 'the disabled ones get nothing');
   t.equal(app2.pushes.length, 1);
-  t.match(registrationsOf('erin@proxy.test') ?? [{ jid: app2.jid, node: 'n-d3' }], [{ jid: app2.jid, node: 'n-d3' }]);
+  t.same(registrationsOf('erin@proxy.test'), [{ jid: app2.jid, node: 'n-d3' }], 'only the other app server is left');
   t.ok(session.hibernating);
 });
 
@@ -180,7 +213,7 @@ t.test('maxDevices: a sixth registration evicts the oldest', async (t) => {
   await sleep(QUIET_MS);
   const got = app.pushes.filter((p) => p.from === jid).map((p) => p.node).sort();
   t.same(got, nodes.slice(1), 'one push to each of the five newest, none to the first');
-  t.equal(registrationsOf('frank@proxy.test')?.length ?? 5, 5);
+  t.same(registrationsOf('frank@proxy.test').map((r) => r.node), nodes.slice(1), 'the five newest are registered');
 });
 
 t.test('@xmpp/client: a burst of 50 messages while hibernated gives one push per batch; resume gets the 50 once, in order', async (t) => {
@@ -190,7 +223,8 @@ t.test('@xmpp/client: a burst of 50 messages while hibernated gives one push per
   await grace.start();
   const answer: Element = await grace.iqCaller.request(xml('iq', { type: 'set' }, xml('enable', { xmlns: NS_PUSH, jid: app.jid, node: 'n-burst' })));
   t.equal(answer.attrs.type, 'result', 'enable answered');
-  await waitFor(() => sessionOf(tp, 'grace@proxy.test/phone').sm.enabled, 'SM enabled');
+  // Both sides: the proxy enabled it, and the client got <enabled/> (else it binds anew instead of resuming).
+  await waitFor(() => grace.streamManagement.enabled && sessionOf(tp, 'grace@proxy.test/phone').sm.enabled, 'SM enabled');
   const session = sessionOf(tp, 'grace@proxy.test/phone');
   grace.reconnect.stop();
   const hibernating = new Promise((resolve) => session.once('hibernating', resolve));
