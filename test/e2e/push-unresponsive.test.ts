@@ -94,6 +94,17 @@ t.test('an attached client that leaves <r/> unanswered gets a push after max_ack
   t.same(app.pushesFor('n-prompt'), [], 'the client that acked gets no push');
   t.equal(app.pushesFor('n-silent').length, 1, 'one push for the silent one');
   t.notOk(silent.client.received.slice(mark).some((el) => el.name === 'iq'), "the app server's answer does not reach the client");
+
+  // Then its connection drops: the message already pushed is not pushed again, a new one is.
+  const hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  silent.client.destroy();
+  await hibernating;
+  await sleep(QUIET_MS);
+  t.equal(app.pushesFor('n-silent').length, 1, 'hibernating: the same message is not pushed twice');
+  bob.send(chat(silent.jid, 'now?'));
+  await app.waitForPushes(2, 15_000, 'n-silent');
+  await sleep(QUIET_MS);
+  t.equal(app.pushesFor('n-silent').length, 2, 'a new message while hibernated: one more push');
 });
 
 t.test(`app-server errors (cancel) remove the registration after push.maxErrors (${MAX_ERRORS})`, async (t) => {

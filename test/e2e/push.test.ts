@@ -248,6 +248,19 @@ t.test('@xmpp/client: a burst of 50 messages while hibernated gives one push per
   t.equal(app.pushesFor('n-burst').length, pushes.length, 'the resume pushes nothing');
 });
 
+t.test('push.enabled false: enable and disco#info go to the server as any other iq', async (t) => {
+  const off = await startTestProxy(prosody, { push: { enabled: false } });
+  t.teardown(() => off.close());
+  t.equal(off.proxy.push, undefined, 'no push feature');
+  const { client } = await RawClient.login({ port: off.port, user: 'carol', password: 'carol-pw', resource: 'off' });
+  t.teardown(() => client.destroy());
+  const answer = await iqAnswer(client, enableIq('e1', app.jid, 'n-off'), 'e1');
+  t.equal(answer.attrs.type, 'error', "Prosody's answer: it has no push support");
+  const info = await iqAnswer(client, `<iq type='get' id='i1' to='carol@proxy.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`, 'i1');
+  t.notOk(info.getChild('query')?.getChildren('feature').some((f) => f.attrs.var === NS_PUSH), 'not advertised');
+  client.send('</stream:stream>');
+});
+
 // ---- a second proxy: short hibernation, pushes with body and sender ----
 
 t.test('hibernation is extended until the first push, then the normal time runs (withBody, withSender)', async (t) => {
