@@ -19,7 +19,7 @@ import {
 import type { Session } from '../../src/session/session.ts';
 import type { SessionEnd } from '../../src/session/events.ts';
 
-const USERS = ['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy'];
+const USERS = ['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'judy', 'ken', 'leo'];
 const BATCH_MS = 1000;
 /** Long enough for any batch that would go out to have gone out. */
 const QUIET_MS = 2.5 * BATCH_MS;
@@ -185,7 +185,7 @@ t.test('what is worth a push: none for headlines, errors and sent carbons; a rec
 t.test('disable stops pushes: one node, then every node of an app server; another app server still gets its push', async (t) => {
   const app2 = await AppServer.start(prosody, { ...APP_ACCOUNT, resource: 'app2' });
   t.teardown(() => app2.stop());
-  const { client, jid } = await phone(tp.port, 'erin', 'phone', [
+  const { client, jid, smId } = await phone(tp.port, 'erin', 'phone', [
     { jid: app.jid, node: 'n-d1' },
     { jid: app.jid, node: 'n-d2' },
     { jid: app2.jid, node: 'n-d3' },
@@ -202,6 +202,10 @@ t.test('disable stops pushes: one node, then every node of an app server; anothe
   t.equal(app2.pushes.length, 1);
   t.same(registrationsOf('erin@proxy.test'), [{ jid: app2.jid, node: 'n-d3' }], 'only the other app server is left');
   t.ok(session.hibernating);
+  // The two disables were answered by the proxy after <enable/>: they count in the phone's h all the same.
+  const again = await resume(tp.port, 'erin', smId);
+  t.equal(again.received.find((el) => el.name === 'resumed')?.attrs.h, '2', 'h counts the consumed disables');
+  again.send('</stream:stream>');
 });
 
 t.test('maxDevices: a sixth registration evicts the oldest', async (t) => {
@@ -248,17 +252,17 @@ t.test('@xmpp/client: a burst of 50 messages while hibernated gives one push per
   t.equal(app.pushesFor('n-burst').length, pushes.length, 'the resume pushes nothing');
 });
 
-t.test('push.enabled false: enable and disco#info go to the server as any other iq', async (t) => {
-  const off = await startTestProxy(prosody, { push: { enabled: false } });
-  t.teardown(() => off.close());
-  t.equal(off.proxy.push, undefined, 'no push feature');
-  const { client } = await RawClient.login({ port: off.port, user: 'carol', password: 'carol-pw', resource: 'off' });
-  t.teardown(() => client.destroy());
-  const answer = await iqAnswer(client, enableIq('e1', app.jid, 'n-off'), 'e1');
-  t.equal(answer.attrs.type, 'error', "Prosody's answer: it has no push support");
-  const info = await iqAnswer(client, `<iq type='get' id='i1' to='carol@proxy.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`, 'i1');
-  t.notOk(info.getChild('query')?.getChildren('feature').some((f) => f.attrs.var === NS_PUSH), 'not advertised');
-  client.send('</stream:stream>');
+t.test('a phone that hibernated before its account enabled push (from another device) is pushed too', async (t) => {
+  const { client, jid } = await phone(tp.port, 'leo', 'phone', []);
+  const session = await drop(client, jid);
+  const { client: desk } = await RawClient.login({ port: tp.port, user: 'leo', password: 'leo-pw', resource: 'desk' });
+  t.teardown(() => desk.destroy());
+  t.equal((await iqAnswer(desk, enableIq('e1', app.jid, 'n-late'), 'e1')).attrs.type, 'result', 'enabled from the desk');
+  bob.send(chat(jid, 'for the sleeping phone'));
+  await waitFor(() => session.sm.queue.length === 1, 'queued for the phone');
+  const pushes = await app.waitForPushes(1, 6000, 'n-late').catch(() => app.pushesFor('n-late'));
+  t.equal(pushes.length, 1, 'the hibernated session of an account with a registration is pushed');
+  t.equal(pushes[0]?.from, jid, "over the phone's session");
 });
 
 // ---- a second proxy: short hibernation, pushes with body and sender ----
@@ -296,30 +300,22 @@ t.test('hibernation is extended until the first push, then the normal time runs 
   t.equal(app.pushesFor('n-ext').length, 1, 'one push');
 });
 
-t.test("messages held after the account's last session ended are pushed once", async (t) => {
-  const tp3 = await startTestProxy(prosody, { sm: { maxAckDelaySeconds: 60 }, push: { batchSeconds: 1 } });
-  t.teardown(() => tp3.close());
-  // XEP-0198 without resumption: a lost connection ends the session with its unacked stanzas.
-  const { client, jid } = await RawClient.login({ port: tp3.port, user: 'ivan', password: 'ivan-pw', resource: 'phone' });
-  t.equal((await iqAnswer(client, enableIq('e1', app.jid, 'n-held'), 'e1')).attrs.type, 'result');
-  client.send(`<enable xmlns='urn:xmpp:sm:3'/>`);
-  await client.next((el) => el.name === 'enabled');
-  const session = sessionOf(tp3, jid);
-  bob.send(chat(jid, 'held for later', 'h1'));
-  await client.next((el) => el.name === 'message');
-  const ended = new Promise<SessionEnd>((resolve) => session.once('ended', resolve));
-  client.destroy(); // before acking, and long before max_ack_delay
-  const end = await ended;
-  t.equal(end.settled?.hold, 1, 'the message is held for the next login');
-  t.same(app.pushesFor('n-held'), [], 'nothing was pushed while the client was connected');
-  const [push] = await app.waitForPushes(1, 15_000, 'n-held');
-  t.equal(push!.body, 'New Message!');
-  await sleep(QUIET_MS);
-  t.equal(app.pushesFor('n-held').length, 1, 'pushed once');
-
-  const next = await RawClient.login({ port: tp3.port, user: 'ivan', password: 'ivan-pw', resource: 'again' });
-  next.client.send('<presence/>');
-  const held = await next.client.next((el) => el.name === 'message' && el.getChildText('body') !== null);
-  t.equal(held.getChildText('body'), 'held for later', 'the held message is delivered at the next login');
-  next.client.send('</stream:stream>');
+t.test('a disable from another device ends the extension: the normal hibernation time runs', async (t) => {
+  const tp2 = await startTestProxy(prosody, { sm: { hibernationSeconds: 2 }, push: { batchSeconds: 1, maxHibernationSeconds: 30 } });
+  t.teardown(() => tp2.close());
+  const { client, jid } = await phone(tp2.port, 'ken', 'phone', [{ jid: app.jid, node: 'n-gone' }]);
+  const session = sessionOf(tp2, jid);
+  const hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  client.destroy();
+  await hibernating;
+  await sleep(2 * BATCH_MS); // the batch that opened with the hibernation is over: nothing is pending
+  const { client: desk } = await RawClient.login({ port: tp2.port, user: 'ken', password: 'ken-pw', resource: 'desk' });
+  t.teardown(() => desk.destroy());
+  t.equal((await iqAnswer(desk, disableIq('d1', app.jid), 'd1')).attrs.type, 'result', 'disabled from the desk');
+  t.same(tp2.proxy.push!.registrations.list('ken@proxy.test'), [], 'no registration left');
+  // Without registrations nothing extends the hibernation: sm.hibernationSeconds (2 s) rule, not
+  // push.maxHibernationSeconds (30 s).
+  const ended = await waitFor(() => !tp2.proxy.sessions.has(session), 'the phone session ends', 6000).then(() => true, () => false);
+  t.ok(ended, 'the hibernated session ended well before push.maxHibernationSeconds');
+  t.same(app.pushesFor('n-gone'), [], 'and nothing was pushed');
 });
