@@ -13,7 +13,7 @@ import { sessionOf, sleep } from '../harness/chat.ts';
 import { AppServer, APP_ACCOUNT, chat, phone, type AppServerMode } from '../harness/app-server.ts';
 import type { Session } from '../../src/session/session.ts';
 
-const USERS = ['carol', 'dave', 'erin', 'frank', 'grace'];
+const USERS = ['carol', 'dave', 'erin', 'frank', 'grace', 'heidi'];
 const BATCH_MS = 1000;
 const QUIET_MS = 2.5 * BATCH_MS;
 const MAX_ERRORS = 3;
@@ -151,4 +151,23 @@ t.test('an app server that never answers counts as failing (push.replyTimeoutSec
   bob.send(chat(jid, 'after the timeouts'));
   await sleep(QUIET_MS);
   t.equal(app.pushesFor('n-mute').length, MAX_ERRORS, 'no push after the limit of unanswered ones');
+});
+
+t.test("an app server gone offline: the server's bounces count, the registration goes after push.maxErrors", async (t) => {
+  const app = await appServer(t, 'app-gone');
+  const { jid } = await hibernatedPhone('heidi', app, 'n-gone');
+  const outcomes: string[] = [];
+  const onOutcome = (outcome: string) => outcomes.push(outcome);
+  tp.proxy.manager.events.on('push-outcome', onOutcome);
+  t.teardown(() => void tp.proxy.manager.events.off('push-outcome', onOutcome));
+  await app.stop();
+  for (let i = 1; i <= MAX_ERRORS; i++) {
+    bob.send(chat(jid, `unseen ${i}`));
+    await waitFor(() => outcomes.length === i, `outcome of push ${i}`, 15_000);
+  }
+  t.same(outcomes, Array(MAX_ERRORS).fill('error'), "each push bounced by Prosody (the app server's full JID is offline)");
+  t.same(registrationsOf('heidi@proxy.test'), [], 'registration removed');
+  bob.send(chat(jid, 'after the limit'));
+  await sleep(QUIET_MS);
+  t.equal(outcomes.length, MAX_ERRORS, 'no more pushes');
 });
