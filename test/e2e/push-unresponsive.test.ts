@@ -171,3 +171,17 @@ t.test("an app server gone offline: the server's bounces count, the registration
   await sleep(QUIET_MS);
   t.equal(outcomes.length, MAX_ERRORS, 'no more pushes');
 });
+
+t.test('metrics: pushes by outcome, registrations, hibernation extensions (issue 13 §6)', async (t) => {
+  const text = await tp.proxy.metrics.registry.metrics();
+  const value = (name: string, labels = '') => {
+    const line = text.split('\n').find((l) => l.startsWith(`xmpp_sm_proxy_${name}${labels} `));
+    return line === undefined ? undefined : Number(line.split(' ').pop());
+  };
+  t.ok(value('pushes_total', '{outcome="sent"}')! >= 1, 'accepted pushes counted');
+  t.ok(value('pushes_total', '{outcome="error"}')! >= MAX_ERRORS, 'error answers counted');
+  t.ok(value('pushes_total', '{outcome="timeout"}')! >= MAX_ERRORS, 'unanswered pushes counted');
+  t.ok(value('push_hibernation_extensions_total')! >= 1, 'extended hibernations counted');
+  t.equal(value('push_registrations'), tp.proxy.push!.registrations.size, 'registrations: the stored count');
+  t.notMatch(text, /pushes_total\{[^}]*@/, 'no JID in a label');
+});
