@@ -19,6 +19,7 @@ Commands, one per line on stdin:
   drop                  abort the TCP connection without closing the stream (no reconnect)
   reconnect             connect again to HOST:PORT; xep_0198 resumes the previous SM id
   send TO BODY          send a chat message (BODY may contain spaces)
+  push JID NODE SECRET  enable XEP-0357 push (publish-options with SECRET); emits push_enabled
   quit                  close the stream cleanly and exit 0 once disconnected
 Set SLIXMPP_DEBUG=1 to get slixmpp's debug log (every SEND/RECV) on stderr.
 """
@@ -28,6 +29,8 @@ import logging
 import os
 import ssl
 import sys
+
+import xml.etree.ElementTree as ET
 
 try:
     import slixmpp
@@ -129,6 +132,20 @@ class Client(slixmpp.ClientXMPP):
     def send_chat(self, to, body):
         self.send_message(mto=to, mbody=body, mtype='chat')
 
+    async def enable_push(self, jid, node, secret):
+        # slixmpp 1.8 has no XEP-0357 plugin: a counted iq stanza with the <enable/> payload.
+        iq = self.make_iq_set()
+        iq.xml.append(ET.fromstring(
+            f"<enable xmlns='urn:xmpp:push:0' jid='{jid}' node='{node}'>"
+            "<x xmlns='jabber:x:data' type='submit'>"
+            "<field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>"
+            f"<field var='secret'><value>{secret}</value></field></x></enable>"))
+        try:
+            result = await iq.send(timeout=10)
+            emit({'event': 'push_enabled', 'type': result['type']})
+        except Exception as exc:
+            emit({'event': 'push_enabled', 'type': 'error', 'detail': repr(exc)})
+
     def quit(self):
         self.quitting = True
         if self.transport is None:
@@ -163,6 +180,9 @@ async def read_commands(client):
             elif cmd.startswith('send '):
                 parts = cmd.split(' ', 2)
                 client.send_chat(parts[1], parts[2] if len(parts) > 2 else '')
+            elif cmd.startswith('push '):
+                _, jid, node, secret = cmd.split(' ', 3)
+                asyncio.ensure_future(client.enable_push(jid, node, secret))
             elif cmd == 'quit':
                 client.quit()
                 return
