@@ -11,6 +11,7 @@ import { AuthThrottle } from './c2s/auth-throttle.ts';
 import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
 import { UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
 import { LoginLimiter } from './upstream/login-limiter.ts';
+import { clientMechanisms } from './c2s/scram-relay.ts';
 import { SessionRegistry } from './sm/registry.ts';
 import type { Session } from './session/session.ts';
 import { SessionManager } from './session/manager.ts';
@@ -112,6 +113,22 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     limits: { maxStanzaBytes: Math.max(config.limits.maxStanzaBytes * 4, 1 << 20), maxDepth: config.limits.maxDepth * 2 },
   });
 
+  // Design §4.1.3: the SCRAM mechanisms offered to clients are the upstream's, as last seen.
+  let upstreamMechanisms: readonly string[] | undefined;
+  const learnMechanisms = (link: UpstreamLink): UpstreamLink => {
+    upstreamMechanisms = link.offeredMechanisms;
+    return link;
+  };
+  if (config.auth.mode !== 'plain' && config.domains[0] !== undefined) {
+    UpstreamLink.mechanisms(upstreamOptions(config.domains[0])).then(
+      (offered) => {
+        upstreamMechanisms ??= offered;
+        log.info({ mechanisms: offered }, 'upstream SASL mechanisms');
+      },
+      (err: Error) => log.warn(`cannot learn the upstream's SASL mechanisms yet (${err.message}): offering ${clientMechanisms(config.auth.mode, undefined).join(', ')} until a login shows them`),
+    );
+  }
+
   const manager = new SessionManager({
     registry,
     credentialCacheSeconds: config.upstream.credentialCacheSeconds,
@@ -154,7 +171,9 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     log,
     negotiationTimeoutMs: config.limits.c2sTimeoutSeconds * 1000,
     authThrottle: new AuthThrottle({ maxFailures: config.limits.maxAuthFailures, periodMs: config.limits.authFailurePeriodSeconds * 1000, log }),
-    login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)),
+    login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)).then(learnMechanisms),
+    mechanisms: () => clientMechanisms(config.auth.mode, upstreamMechanisms),
+    relayLogin: (relay, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), relay)).then(learnMechanisms),
     loginResult: (result) => manager.emit('client-login', result),
     verifyCached: async (cred, bareJid) => manager.verifyCached(cred, bareJid),
     takeover: (bareJid, resource) => manager.takeover(bareJid, resource),

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import type * as tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
-import type { Element } from 'ltx';
+import { escapeXML, type Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
 import type { Logger } from 'pino';
 import { LivenessMonitor } from './liveness.ts';
@@ -11,11 +11,12 @@ import { XmlStream } from '../xml/xml-stream.ts';
 import { StreamError } from '../xml/stream-error.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
-import { SaslFailure, type UpstreamLink } from '../upstream/link.ts';
+import { SaslFailure, type SaslRelay, type UpstreamLink } from '../upstream/link.ts';
 import type { PlainCredential } from '../upstream/sasl.ts';
 import type { Handover } from '../session/handover.ts';
 import { prepDomain } from '../jid.ts';
 import { parsePlain } from './sasl-plain.ts';
+import { checkClientFirst } from './scram-relay.ts';
 import type { Admission } from './connection-gate.ts';
 import type { AuthThrottle } from './auth-throttle.ts';
 
@@ -53,6 +54,17 @@ export interface ClientStreamDeps {
    * @throws SaslFailure (the upstream's verdict) or UpstreamError (unreachable).
    */
   login(cred: PlainCredential, domain: string): Promise<UpstreamLink>;
+  /**
+   * The SASL mechanisms offered to clients (`auth.mode`, design §4.1.3): PLAIN (the proxy logs in
+   * for the client and can do so again), and the upstream's SCRAM mechanisms without -PLUS,
+   * whose exchange is relayed to a new upstream login.
+   */
+  mechanisms(): readonly string[];
+  /**
+   * Logs in upstream by relaying the client's SCRAM exchange (design §4.1.3).
+   * @throws SaslFailure (the upstream's verdict) or UpstreamError (unreachable, or it died mid-exchange).
+   */
+  relayLogin(relay: SaslRelay, domain: string): Promise<UpstreamLink>;
   /**
    * Checks the credential against the one cached by a live session of the same account
    * (design §4.3: resumption is verified against the cached credential). Resolves with that
@@ -110,6 +122,8 @@ export class ClientStream extends EventEmitter {
   #upstreamFeatures: Element | undefined;
   /** Kept only between a cache-verified SASL success and the bind that needs a fresh link. */
   #pendingCred: PlainCredential | undefined;
+  /** A relayed exchange waiting for the client's `<response/>` (RFC 6120 §6.4.3). */
+  #relayWait: { resolve(data: string): void; reject(err: Error): void } | undefined;
   #authAttempts = 0;
   /** Whether our header for the current stream (since the last restart) went out. */
   #headerSent = false;
@@ -323,6 +337,17 @@ export class ClientStream extends EventEmitter {
    * the password the server has just accepted (undefined when the login was checked against the
    * cache instead).
    */
+  /**
+   * Hands the upstream link opened for this login to a resumed session whose own link is down
+   * (a relayed login, design §4.1.3); the stream no longer owns it.
+   */
+  takeLink(): UpstreamLink | undefined {
+    const link = this.#link;
+    link?.off('close', this.#onLinkClose);
+    this.#link = undefined;
+    return link;
+  }
+
   closeSpareLink(): PlainCredential | undefined {
     const link = this.#link;
     link?.close();
@@ -354,7 +379,7 @@ export class ClientStream extends EventEmitter {
       case 'pre-tls':
         return `<stream:features><starttls xmlns='${NS.tls}'><required/></starttls></stream:features>`;
       case 'sasl':
-        return `<stream:features><mechanisms xmlns='${NS.sasl}'><mechanism>PLAIN</mechanism></mechanisms></stream:features>`;
+        return `<stream:features><mechanisms xmlns='${NS.sasl}'>${this.#deps.mechanisms().map((m) => `<mechanism>${m}</mechanism>`).join('')}</mechanisms></stream:features>`;
       default:
         return postAuthFeatures(this.#upstreamFeatures!);
     }
@@ -391,6 +416,8 @@ export class ClientStream extends EventEmitter {
         if (el.is('resume', NS.sm)) return this.#stream.write(`<failed xmlns='${NS.sm}'><item-not-found xmlns='${NS.stanzas}'/></failed>`);
         return this.fail(new StreamError('not-authorized', 'authenticate first'));
       case 'authenticating':
+        if (this.#relayWait && el.is('response', NS.sasl)) return this.#relayWait.resolve(el.element().getText().trim());
+        if (this.#relayWait && el.is('abort', NS.sasl)) return this.#relayWait.reject(new SaslFailure('aborted'));
         // RFC 6120 §6.4.2: nothing but the SASL exchange until it ends.
         return this.fail(new StreamError('not-authorized', 'SASL negotiation in progress'));
       case 'authenticated':
@@ -464,9 +491,9 @@ export class ClientStream extends EventEmitter {
   };
 
   async #authenticate(el: TopLevel): Promise<void> {
-    if (el.attrs.mechanism !== 'PLAIN') {
-      return this.#saslFailure('invalid-mechanism');
-    }
+    const mechanism = el.attrs.mechanism ?? '';
+    if (!this.#deps.mechanisms().includes(mechanism)) return this.#saslFailure('invalid-mechanism');
+    if (mechanism !== 'PLAIN') return this.#relay(mechanism, el);
     const cred = parsePlain(el.element().getText(), this.#domain!);
     if ('condition' in cred) return this.#saslFailure(cred.condition);
     const bareJid = `${cred.username}@${prepDomain(this.#domain!)}`;
@@ -511,10 +538,66 @@ export class ClientStream extends EventEmitter {
     }
   }
 
-  /** RFC 6120 §6.4.5 `<failure/>` with `condition` and an optional (fixed, English) `<text/>`. */
+  /**
+   * A SCRAM login relayed byte for byte to a new upstream login (design §4.1.3): the upstream's
+   * verdict (success with its server signature, or its failure condition) is the client's. The
+   * client's first message is checked here first (no upstream login for bad input); a link
+   * lost mid-exchange is `temporary-auth-failure` and leaves no upstream login behind.
+   */
+  async #relay(mechanism: string, el: TopLevel): Promise<void> {
+    const initial = el.element().getText().trim();
+    const first = checkClientFirst(initial, this.#domain!);
+    if ('condition' in first) return this.#saslFailure(first.condition, first.text);
+    const bareJid = `${first.username}@${prepDomain(this.#domain!)}`;
+    const throttled = this.#deps.authThrottle.check(this.#admission.address, bareJid);
+    if (throttled) {
+      this.log.info({ account: bareJid }, `login refused: too many failed logins ${throttled === 'address' ? 'from this address' : 'for this account'}`);
+      return this.#saslFailure('temporary-auth-failure', 'too many failed logins, try again later');
+    }
+    this.#state = 'authenticating';
+    const relay: SaslRelay = {
+      mechanism,
+      initial,
+      challenge: (data) => {
+        if (this.#stream.closed) return Promise.reject(new Error('the client left during SASL'));
+        this.#stream.write(`<challenge xmlns='${NS.sasl}'>${data}</challenge>`);
+        return new Promise<string>((resolve, reject) => {
+          this.#relayWait = { resolve, reject };
+        }).finally(() => (this.#relayWait = undefined));
+      },
+    };
+    let link: UpstreamLink;
+    try {
+      link = await this.#deps.relayLogin(relay, this.#domain!);
+    } catch (err) {
+      this.#state = 'sasl';
+      if (this.#stream.closed) return;
+      if (err instanceof SaslFailure) {
+        this.log.info({ condition: err.condition, mechanism }, 'upstream refused the relayed login');
+        if (err.condition === 'not-authorized') this.#deps.authThrottle.failed(this.#admission.address, bareJid);
+        return this.#saslFailure(err.condition, err.text);
+      }
+      this.log.warn(`relayed upstream login failed: ${(err as Error).message}`);
+      return this.#saslFailure('temporary-auth-failure');
+    }
+    if (this.#stream.closed) return link.close();
+    this.#adoptLink(link);
+    this.bareJid = bareJid;
+    this.#state = 'authenticated';
+    this.#admission.release();
+    // The upstream's additional data (SCRAM's server signature), as it sent it.
+    this.#stream.write(`<success xmlns='${NS.sasl}'>${link.successData}</success>`);
+    this.#stream.restart();
+    this.#headerSent = false;
+    this.log = this.log.child({ account: this.bareJid });
+    this.log.info({ mechanism }, 'authenticated upstream (relayed)');
+    this.#deps.loginResult?.('success');
+  }
+
+  /** RFC 6120 §6.4.5 `<failure/>` with `condition` and an optional `<text/>` (escaped). */
   #saslFailure(condition: string, text?: string): void {
     this.#deps.loginResult?.(condition);
-    const textEl = text ? `<text xml:lang='en'>${text}</text>` : '';
+    const textEl = text ? `<text xml:lang='en'>${escapeXML(text)}</text>` : '';
     this.#stream.write(`<failure xmlns='${NS.sasl}'><${condition}/>${textEl}</failure>`);
     if (++this.#authAttempts >= this.#deps.limits.maxAuthAttempts) {
       this.fail(new StreamError('policy-violation', 'too many failed authentication attempts'));
@@ -580,6 +663,7 @@ export class ClientStream extends EventEmitter {
     clearTimeout(this.#deadline);
     this.#admission.release();
     this.#owner = undefined;
+    this.#relayWait?.reject(new Error('the client left during SASL'));
     this.#pipelined = [];
     this.#liveness?.stop();
     // A client that leaves before binding leaves nothing behind upstream.

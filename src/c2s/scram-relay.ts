@@ -129,3 +129,20 @@ export function checkClientFirst(initialResponse: string, domain: string): Clien
   }
   return { username, gs2: flag };
 }
+
+/** How clients log in (`auth.mode`, design §4.1.3). */
+export type AuthMode = 'plain' | 'scram-relay' | 'auto';
+
+/** Offered to clients while the upstream's own offer is not known yet (no login or probe so far). */
+const ASSUMED_UPSTREAM = ['SCRAM-SHA-1'];
+
+/**
+ * The mechanisms offered to clients in `mode`: PLAIN (the proxy logs in for the client, and again
+ * after an upstream loss), the upstream's SCRAM mechanisms without -PLUS (relayed), or both.
+ * @param upstream the upstream's last known offer (undefined: not known yet).
+ */
+export function clientMechanisms(mode: AuthMode, upstream: readonly string[] | undefined): string[] {
+  if (mode === 'plain') return ['PLAIN'];
+  const scram = relayableMechanisms(upstream ?? ASSUMED_UPSTREAM);
+  return mode === 'auto' ? [...scram, 'PLAIN'] : scram;
+}

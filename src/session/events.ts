@@ -115,6 +115,11 @@ export interface ProxyEventMap {
    * on it (push for the held messages, design §4.7). `session-ended` follows.
    */
   'session-ending': [session: Session, info: { held: readonly QueuedStanza[]; cause: EndCause }];
+  /**
+   * The upstream link of a relayed login (`auth.mode` scram-relay) was lost: the client's
+   * connection is closed so that it logs in again and resumes (design §4.1.3).
+   */
+  'relay-reconnect': [session: Session];
   /** The session is over. */
   'session-ended': [session: Session, end: SessionEnd];
   /** An `<r/>` went unanswered for `sm.maxAckDelaySeconds` (mod_smacks' smacks-ack-delayed). */

@@ -24,6 +24,7 @@ const FORWARDED = [
   ['custody-confirmed', 'custody-confirmed'],
   ['duplicate-dropped', 'duplicate-dropped'],
   ['ending', 'session-ending'],
+  ['relay-reconnect', 'relay-reconnect'],
 ] as const;
 
 /** What the manager needs beside what it gives every session (registry, hooks, last-session rule). */
@@ -168,7 +169,10 @@ export class SessionManager {
       this.emit('resume-failed', old ? 'expired' : 'unknown-id');
       return false;
     }
-    if (!(await session.resume(client, el))) return false;
+    // A session whose upstream link is down takes the client's new login as its link (a relayed
+    // login's session cannot log in by itself, design §4.1.3); a live link stays, the login was proof.
+    const login = session.relayed && !session.upstreamLinked ? client.takeLink() : undefined;
+    if (!(await session.resume(client, el, login))) return false;
     // Logged in for real (no cache, or a stale one): the session keeps the fresher credential.
     const fresh = client.closeSpareLink();
     if (fresh) session.renewCredential(fresh);

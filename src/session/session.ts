@@ -86,6 +86,8 @@ export interface SessionDeps {
  * - `upstream-up` ({ downMs, resumed }): a new upstream link is bound and the state replayed.
  * - `custody-confirmed` ({ stanzas, latencyMs }): a custody barrier answered (design §4.4).
  * - `duplicate-dropped` (): a second copy of a message did not reach the client.
+ * - `relay-reconnect` (): the upstream link is lost and the login was relayed: the client's
+ *   connection is closed so that it logs in again and resumes (design §4.1.3).
  * - `ending` ({ held, cause }): the session is ending and its unacked stanzas are settled (`held`: those
  *   kept for the account's next login); its upstream link is still open (last chance to send).
  * - `ended` (end: SessionEnd): the session is over, with a cause from END_CAUSES.
@@ -162,6 +164,7 @@ export class Session extends EventEmitter {
     });
     this.#upstream.custody.on('room', () => this.#client?.resumeReading());
     this.#upstream.on('failed', (reason: string, kind: UpstreamFailure, condition?: string) => this.#onUpstreamFailed(reason, kind, condition));
+    this.#upstream.on('login-needed', () => this.#onLoginNeeded());
     if (handover) this.#takeOver(handover);
     this.#attach(client);
   }
@@ -193,7 +196,27 @@ export class Session extends EventEmitter {
 
   /** True when `password` matches the credential this session logged in with (constant time). */
   verifyPassword(password: string): boolean {
-    return verifyPassword(this.#upstream.credential, password);
+    const credential = this.#upstream.credential;
+    return credential !== undefined && verifyPassword(credential, password);
+  }
+
+  /** True when the session's upstream login was relayed from the client (no credential, design §4.1.3). */
+  get relayed(): boolean {
+    return this.#upstream.relayed;
+  }
+
+  /**
+   * The upstream link is lost and the login was relayed (design §4.1.3): only the client can log
+   * in again. Its connection is closed without a stream error, so it hibernates the session and
+   * comes back, logs in (relayed: the new upstream link) and resumes; what it sent meanwhile
+   * stays in custody, what the server sends waits in the queue.
+   */
+  #onLoginNeeded(): void {
+    this.emit('relay-reconnect');
+    const client = this.#client;
+    if (!client) return; // hibernated: the client's resume brings the new login
+    this.log.info('upstream link lost, relayed login: closing the client connection so that it logs in again and resumes');
+    client.destroy();
   }
 
   /** True while a client stream is attached. */
@@ -462,13 +485,15 @@ export class Session extends EventEmitter {
    * Resolves false after answering `<failed/>` (the client stream stays unbound and may bind
    * instead) or when the client left or was superseded meanwhile.
    */
-  async resume(client: ClientStream, el: TopLevel): Promise<boolean> {
+  async resume(client: ClientStream, el: TopLevel, login?: UpstreamLink): Promise<boolean> {
     const h = parseH(el.attrs.h);
     if (h === undefined) {
+      login?.close();
       client.write(failed('bad-request'));
       return this.#resumeFailed('bad-request');
     }
     if (this.sm.overflowed) {
+      login?.close();
       client.write(failed('resource-constraint'));
       return this.#resumeFailed('overflowed');
     }
@@ -478,6 +503,9 @@ export class Session extends EventEmitter {
       old.fail(new StreamError('conflict', 'replaced by a resumed stream'));
       this.#startHibernationTimer();
     }
+    // The link is down and the client logged in again (relayed, design §4.1.3): its new login
+    // replaces the link first, so that the held stanzas are confirmed before <resumed h/>.
+    if (login) await this.#upstream.adopt(login);
     // The h in <resumed/> must cover every stanza already relayed, or the client sends them
     // again: wait for the server to confirm them.
     const settled = this.#upstream.linked && (await this.#upstream.custody.settled());

@@ -82,6 +82,32 @@ export class UpstreamError extends Error {
   override name = 'UpstreamError';
 }
 
+/** `open()` stops after the server's SASL offer (see {@link UpstreamLink.mechanisms}). */
+const PROBE = Symbol('probe');
+
+/** How `open()` hands back the offer of a probe (an UpstreamError: its catch passes those on). */
+class MechanismsOffered extends UpstreamError {
+  constructor(readonly offered: string[]) {
+    super('probe');
+  }
+}
+
+/**
+ * A client's SASL exchange relayed to the server (`auth.mode` scram-relay, design §4.1.3): the
+ * texts are base64 as on the wire, passed through unchanged both ways.
+ */
+export interface SaslRelay {
+  /** The mechanism the client chose (one the server offered). */
+  readonly mechanism: string;
+  /** The client's initial response (base64, as in its `<auth/>`; `=` for an empty one). */
+  readonly initial: string;
+  /**
+   * Sends a server challenge (base64) to the client; resolves with the client's response (base64).
+   * @throws SaslFailure('aborted') when the client aborts, or another error when it leaves.
+   */
+  challenge(data: string): Promise<string>;
+}
+
 /**
  * One authenticated c2s stream to the upstream server, opened on behalf of one client (design §2).
  * `UpstreamLink.open()` connects, negotiates STARTTLS and SASL (RFC 6120 §5–6) and restarts the
@@ -100,8 +126,15 @@ export class UpstreamError extends Error {
 export class UpstreamLink extends EventEmitter {
   /** The server's post-authentication stream features (RFC 6120 §4.3.2, after SASL). */
   readonly features: Element;
-  /** The credential for a later re-login, in memory only (design §4.1.3). */
-  readonly credential: PlainCredential;
+  /**
+   * The credential for a later re-login, in memory only (design §4.1.3); undefined for a login
+   * relayed from the client (`auth.mode` scram-relay): the proxy holds no secret then.
+   */
+  readonly credential: PlainCredential | undefined;
+  /** The SASL mechanisms the server offered before this login (RFC 6120 §6.4.1). */
+  readonly offeredMechanisms: readonly string[];
+  /** The additional data of the server's `<success/>` (base64, '' for none): SCRAM's server signature, for a relay. */
+  readonly successData: string;
   /** True when the link runs over TLS. */
   readonly secure: boolean;
   readonly #stream: XmlStream;
@@ -125,13 +158,15 @@ export class UpstreamLink extends EventEmitter {
   /** Reading stopped for backpressure (the client does not take what it is sent). */
   #readingPaused = false;
 
-  private constructor(stream: XmlStream, options: UpstreamOptions, features: Element, credential: PlainCredential, secure: boolean) {
+  private constructor(stream: XmlStream, options: UpstreamOptions, login: { features: Element; credential: PlainCredential | undefined; secure: boolean; offered: string[]; successData: string }) {
     super();
     this.#stream = stream;
     this.#options = options;
-    this.features = features;
-    this.credential = credential;
-    this.secure = secure;
+    this.features = login.features;
+    this.credential = login.credential;
+    this.secure = login.secure;
+    this.offeredMechanisms = login.offered;
+    this.successData = login.successData;
     stream.on('element', (el: TopLevel) => this.#onElement(el));
     stream.on('handlerError', (err: unknown) => this.emit('fault', err));
     stream.on('streamError', (err: Error) => {
@@ -172,11 +207,28 @@ export class UpstreamLink extends EventEmitter {
   }
 
   /**
-   * Connects and logs in. Resolves with a link ready for resource binding.
-   * @throws SaslFailure when the server rejects the credential.
+   * The SASL mechanisms the server offers (after STARTTLS, as to a login): connects, reads them
+   * and closes, logging in as nobody.
+   * @throws UpstreamError when the server cannot be reached or negotiated with.
+   */
+  static async mechanisms(options: UpstreamOptions): Promise<string[]> {
+    try {
+      await UpstreamLink.open(options, PROBE);
+    } catch (err) {
+      if (err instanceof MechanismsOffered) return err.offered;
+      throw err;
+    }
+    throw new UpstreamError('the probe logged in');
+  }
+
+  /**
+   * Connects and logs in, with the client's credential (the proxy runs the exchange) or by
+   * relaying the client's own SASL exchange ({@link SaslRelay}: the proxy holds no secret).
+   * Resolves with a link ready for resource binding.
+   * @throws SaslFailure when the server rejects the credential (or, relayed, the mechanism).
    * @throws UpstreamError on connect, TLS or protocol trouble, or on timeout.
    */
-  static async open(options: UpstreamOptions, credential: PlainCredential): Promise<UpstreamLink> {
+  static async open(options: UpstreamOptions, auth: PlainCredential | SaslRelay | typeof PROBE): Promise<UpstreamLink> {
     const socket = net.connect({ host: options.host, port: options.port });
     socket.setNoDelay(true);
     const stream = new XmlStream(socket, options.limits);
@@ -212,17 +264,27 @@ export class UpstreamLink extends EventEmitter {
       }
 
       const offered = (features.getChild('mechanisms', NS.sasl)?.getChildren('mechanism') ?? []).map((m) => m.getText().trim());
+      if (auth === PROBE) throw new MechanismsOffered(offered);
+      const relay = 'initial' in auth ? auth : undefined;
+      let successData = '';
+      if (relay) {
+        // Relayed as the client wrote it (base64 text unchanged): the proof covers every byte.
+        if (!offered.includes(relay.mechanism)) throw new SaslFailure('invalid-mechanism');
+        stream.write(`<auth xmlns='${NS.sasl}' mechanism='${relay.mechanism}'>${relay.initial}</auth>`);
+      }
       // PLAIN in clear text only when the operator chose a plain link (loopback deployments).
-      const mechanism = chooseMechanism(offered, secure || options.tls === 'none');
-      if (!mechanism) throw new UpstreamError(`no usable SASL mechanism upstream (offered: ${offered.join(', ') || 'none'})`);
-      const exchange = startExchange(mechanism, credential);
-      stream.write(`<auth xmlns='${NS.sasl}' mechanism='${mechanism}'>${b64(exchange.initial())}</auth>`);
+      const mechanism = relay ? undefined : chooseMechanism(offered, secure || options.tls === 'none');
+      if (!relay && !mechanism) throw new UpstreamError(`no usable SASL mechanism upstream (offered: ${offered.join(', ') || 'none'})`);
+      const exchange = relay ? undefined : startExchange(mechanism!, auth as PlainCredential);
+      if (exchange) stream.write(`<auth xmlns='${NS.sasl}' mechanism='${mechanism}'>${b64(exchange.initial())}</auth>`);
       for (let done = false; !done;) {
         const el = await reader.next();
         if (el.is('challenge', NS.sasl)) {
-          stream.write(`<response xmlns='${NS.sasl}'>${b64(await exchange.challenge(unb64(el.getText())))}</response>`);
+          const response = exchange ? b64(await exchange.challenge(unb64(el.getText()))) : await relay!.challenge(el.getText().trim());
+          stream.write(`<response xmlns='${NS.sasl}'>${response}</response>`);
         } else if (el.is('success', NS.sasl)) {
-          exchange.success(unb64(el.getText()));
+          successData = el.getText().trim();
+          exchange?.success(unb64(successData));
           done = true;
         } else if (el.is('failure', NS.sasl)) {
           const condition = el.getChildElements().find((c) => c.name !== 'text')?.name ?? 'not-authorized';
@@ -234,7 +296,7 @@ export class UpstreamLink extends EventEmitter {
       stream.restart();
       features = await reader.open(options.domain);
       reader.detach();
-      return new UpstreamLink(stream, options, features, credential, secure);
+      return new UpstreamLink(stream, options, { features, credential: relay ? undefined : (auth as PlainCredential), secure, offered, successData });
     } catch (err) {
       stream.destroy();
       throw err instanceof SaslFailure || err instanceof UpstreamError ? err : new UpstreamError((err as Error).message);

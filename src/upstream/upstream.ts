@@ -94,7 +94,8 @@ export class Upstream extends EventEmitter {
   readonly custody: Custody;
   /** The server's post-authentication features (from the first link). */
   readonly features: Element;
-  #credential: PlainCredential;
+  /** Undefined for a relayed login (`auth.mode` scram-relay): no re-login without the client. */
+  #credential: PlainCredential | undefined;
   #credentialAcceptedAt = Date.now();
   readonly #deps: UpstreamDeps;
   readonly #resource: string;
@@ -158,9 +159,36 @@ export class Upstream extends EventEmitter {
     this.custody.attach(link);
   }
 
-  /** The credential for re-logins, in memory only (design §4.1.3). */
-  get credential(): PlainCredential {
+  /** The credential for re-logins, in memory only (design §4.1.3); undefined for a relayed login. */
+  get credential(): PlainCredential | undefined {
     return this.#credential;
+  }
+
+  /**
+   * True when a lost link can only be replaced by the client's next login (a relayed SCRAM
+   * login, design §4.1.3: the proxy holds no secret): see `login-needed`.
+   */
+  get relayed(): boolean {
+    return this.#credential === undefined;
+  }
+
+  /**
+   * The client logged in again (relayed) while the link is down: `link` becomes the session's
+   * link, as a reconnect's would (design §4.5). Resolves false when it could not be set up.
+   */
+  async adopt(link: UpstreamLink): Promise<boolean> {
+    if (this.#link || this.#closed) {
+      link.close();
+      return this.#link !== undefined;
+    }
+    try {
+      await this.#establish(link, 1);
+      return this.#link === link;
+    } catch (err) {
+      this.#deps.log.info(`the client's new login could not replace the upstream link: ${(err as Error).message}`);
+      link.destroy();
+      return false;
+    }
   }
 
   /** A credential the server has just accepted (a client's fresh login) replaces the cached one. */
@@ -305,6 +333,8 @@ export class Upstream extends EventEmitter {
       if (this.#downSince - this.#upSince >= STABLE_LINK_MS) this.#nextDelayMs = this.#deps.reconnect.initialDelayMs;
       if (this.#archive !== false) this.#idsSinceDrop ??= new Set();
       this.emit('down', reason, how.kind);
+      // Relayed login: only the client can log in again (it will, to resume: adopt()).
+      if (!this.#credential) return void this.emit('login-needed');
       this.#own(this.#reconnect(), 'reconnecting upstream');
     });
   }
@@ -349,43 +379,55 @@ export class Upstream extends EventEmitter {
         return this.#giveUp(`upstream unreachable for ${Math.round((Date.now() - this.#downSince) / 1000)} s`, 'unreachable');
       }
       try {
-        const link = await this.#deps.throttle(() => this.#deps.open(this.credential, this.#domain));
-        if (this.#archive) this.#heldBack ??= [];
-        this.#listen(link);
-        if (await this.#resume(link)) return log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream session resumed');
-        const binding = link.bind(this.#resource, reconnect.requestTimeoutMs);
-        // Pipelined behind the bind (RFC 6120 §10.1: handled in order, in one read): nothing
-        // routed to the new resource can come between its bind and its presence, so what
-        // offline storage releases on that presence keeps its place before the live traffic.
-        this.#enableServerAcks(link);
-        this.#sendState(link);
-        const jid = await binding.catch((err: Error) => {
-          link.destroy();
-          throw err;
-        });
-        if (jid.slice(jid.indexOf('/') + 1) !== this.#resource) {
-          link.close();
-          throw new Error(`the server bound another resource (${jid})`);
-        }
-        if (this.#archive === undefined) await this.#checkArchive(link);
-        if (this.#archive && this.custody.pending > 0) await this.#skipArchived(link);
-        if (this.#closed) {
-          this.#releaseHeldBack();
-          return link.close(`<presence type='unavailable'/>`);
-        }
-        if (link.closed) throw new Error('the new link dropped during setup');
-        this.#use(link);
-        this.custody.attach(link); // design §4.5: the held client stanzas, in their order
-        this.#credentialAcceptedAt = Date.now();
-        log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
-        this.emit('up', { downMs: Date.now() - this.#downSince, resumed: false });
-        if (this.#archive) this.#own(this.#fillGap(link, this.#downSince), 'filling the gap from the archive');
+        const link = await this.#deps.throttle(() => this.#deps.open(this.#credential!, this.#domain));
+        await this.#establish(link, attempt);
         return;
       } catch (err) {
         if (err instanceof SaslFailure) return this.#giveUp(`the server refused the login (${err.condition})`, 'refused');
         log.info({ attempt }, `upstream reconnect failed: ${(err as Error).message}`);
       }
     }
+  }
+
+  /**
+   * Makes `link` (logged in, not bound) the session's link (design §4.5): resumes the server's own
+   * XEP-0198 session or binds the same resource, replays the session's state and then the held
+   * client stanzas, and emits `up`.
+   * @throws Error when the link cannot be set up (it is closed); the caller tries another.
+   */
+  async #establish(link: UpstreamLink, attempt: number): Promise<void> {
+    const { reconnect, log } = this.#deps;
+    if (this.#archive) this.#heldBack ??= [];
+    this.#listen(link);
+    if (await this.#resume(link)) return log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream session resumed');
+    const binding = link.bind(this.#resource, reconnect.requestTimeoutMs);
+    // Pipelined behind the bind (RFC 6120 §10.1: handled in order, in one read): nothing
+    // routed to the new resource can come between its bind and its presence, so what
+    // offline storage releases on that presence keeps its place before the live traffic.
+    this.#enableServerAcks(link);
+    this.#sendState(link);
+    const jid = await binding.catch((err: Error) => {
+      link.destroy();
+      throw err;
+    });
+    if (jid.slice(jid.indexOf('/') + 1) !== this.#resource) {
+      link.close();
+      throw new Error(`the server bound another resource (${jid})`);
+    }
+    if (this.#archive === undefined) await this.#checkArchive(link);
+    if (this.#archive && this.custody.pending > 0) await this.#skipArchived(link);
+    if (this.#closed) {
+      this.#releaseHeldBack();
+      return link.close(`<presence type='unavailable'/>`);
+    }
+    if (link.closed) throw new Error('the new link dropped during setup');
+    this.#use(link);
+    this.custody.attach(link); // design §4.5: the held client stanzas, in their order
+    this.#credentialAcceptedAt = Date.now();
+    log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream link re-established');
+    this.emit('up', { downMs: Date.now() - this.#downSince, resumed: false });
+    if (this.#archive) this.#own(this.#fillGap(link, this.#downSince), 'filling the gap from the archive');
+    return;
   }
 
   /**
@@ -450,7 +492,7 @@ export class Upstream extends EventEmitter {
 
   /** Design §4.1.3: the password is kept only while the session lives. */
   #forgetCredential(): void {
-    this.#credential = { username: this.#credential.username, password: '' };
+    if (this.#credential) this.#credential = { username: this.#credential.username, password: '' };
   }
 
   #releaseHeldBack(): void {

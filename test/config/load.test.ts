@@ -163,6 +163,7 @@ t.test('every flag maps to its key', async (t) => {
     limits: { ...DEFAULTS.limits, maxStanzaBytes: 1024, maxDepth: 32 },
     storage: { dataDir: join(dir, 'data') },
     muc: DEFAULTS.muc,
+    auth: DEFAULTS.auth,
     push: DEFAULTS.push,
     metrics: { listen: { host: '::1', port: 9000 } },
     shutdown: DEFAULTS.shutdown,

@@ -51,6 +51,7 @@ export function testConfig(prosody: UpstreamServer, overrides: DeepPartial<Confi
     metrics: { listen: null, ...overrides.metrics },
     muc: { ...DEFAULTS.muc, ...overrides.muc },
     push: { ...DEFAULTS.push, ...overrides.push },
+    auth: { ...DEFAULTS.auth, ...overrides.auth },
     shutdown: { ...DEFAULTS.shutdown, ackWaitMs: 1000, ...overrides.shutdown },
     log: { level: 'silent' },
   };
