@@ -174,7 +174,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)).then(learnMechanisms),
     mechanisms: () => clientMechanisms(config.auth.mode, upstreamMechanisms),
     relayLogin: (relay, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), relay)).then(learnMechanisms),
-    loginResult: (result) => manager.emit('client-login', result),
+    loginResult: (result, mode) => manager.emit('client-login', result, mode),
     verifyCached: async (cred, bareJid) => manager.verifyCached(cred, bareJid),
     takeover: (bareJid, resource) => manager.takeover(bareJid, resource),
     bound: (client, link, fullJid, handover) => void manager.start(client, link, fullJid, handover),

@@ -20,6 +20,9 @@ import { checkClientFirst } from './scram-relay.ts';
 import type { Admission } from './connection-gate.ts';
 import type { AuthThrottle } from './auth-throttle.ts';
 
+/** How a client logged in (metrics): PLAIN (the proxy logs in for it), a relayed SCRAM exchange, or another mechanism (refused). */
+export type LoginMode = 'plain' | 'scram-relay' | 'other';
+
 /** A client stream's limits: the config's `limits` section (these keys of it). */
 export interface ClientLimits extends StreamLimits {
   /** SASL failures on one connection before its stream is closed (RFC 6120 §6.4.5 lets the server limit retries). */
@@ -80,7 +83,7 @@ export interface ClientStreamDeps {
    * Told the outcome of every SASL exchange: `success`, or the RFC 6120 §6.5 condition the
    * client got (for metrics; never a JID or a credential).
    */
-  loginResult?(result: string): void;
+  loginResult?(result: string, mode: LoginMode): void;
   /** The upstream bound a resource: create the session (design §4.1.4). */
   bound(client: ClientStream, link: UpstreamLink, fullJid: string, handover: Handover | undefined): void;
   /**
@@ -125,6 +128,8 @@ export class ClientStream extends EventEmitter {
   /** A relayed exchange waiting for the client's `<response/>` (RFC 6120 §6.4.3). */
   #relayWait: { resolve(data: string): void; reject(err: Error): void } | undefined;
   #authAttempts = 0;
+  /** How the current SASL attempt logs in (for metrics), from the mechanism the client chose. */
+  #loginMode: LoginMode = 'other';
   /** Whether our header for the current stream (since the last restart) went out. */
   #headerSent = false;
   /** Where established elements go: the owning session's handler (one owner at a time). */
@@ -492,6 +497,7 @@ export class ClientStream extends EventEmitter {
 
   async #authenticate(el: TopLevel): Promise<void> {
     const mechanism = el.attrs.mechanism ?? '';
+    this.#loginMode = mechanism === 'PLAIN' ? 'plain' : mechanism.startsWith('SCRAM-') ? 'scram-relay' : 'other';
     if (!this.#deps.mechanisms().includes(mechanism)) return this.#saslFailure('invalid-mechanism');
     if (mechanism !== 'PLAIN') return this.#relay(mechanism, el);
     const cred = parsePlain(el.element().getText(), this.#domain!);
@@ -523,7 +529,7 @@ export class ClientStream extends EventEmitter {
       this.#headerSent = false;
       this.log = this.log.child({ account: this.bareJid });
       this.log.info(cachedFeatures ? 'authenticated against a live session' : 'authenticated upstream');
-      this.#deps.loginResult?.('success');
+      this.#deps.loginResult?.('success', this.#loginMode);
     } catch (err) {
       this.#state = 'sasl';
       if (err instanceof SaslFailure) {
@@ -591,12 +597,12 @@ export class ClientStream extends EventEmitter {
     this.#headerSent = false;
     this.log = this.log.child({ account: this.bareJid });
     this.log.info({ mechanism }, 'authenticated upstream (relayed)');
-    this.#deps.loginResult?.('success');
+    this.#deps.loginResult?.('success', this.#loginMode);
   }
 
   /** RFC 6120 §6.4.5 `<failure/>` with `condition` and an optional `<text/>` (escaped). */
   #saslFailure(condition: string, text?: string): void {
-    this.#deps.loginResult?.(condition);
+    this.#deps.loginResult?.(condition, this.#loginMode);
     const textEl = text ? `<text xml:lang='en'>${escapeXML(text)}</text>` : '';
     this.#stream.write(`<failure xmlns='${NS.sasl}'><${condition}/>${textEl}</failure>`);
     if (++this.#authAttempts >= this.#deps.limits.maxAuthAttempts) {

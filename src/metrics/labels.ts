@@ -29,6 +29,9 @@ export const SASL_CONDITIONS = [
 ] as const;
 
 /** Results of a client login: `success` or a SASL condition. */
+/** How a client logged in (client-stream.ts LoginMode); `other` is {@link OTHER}. */
+export const LOGIN_MODES = ['plain', 'scram-relay', OTHER] as const;
+
 export const LOGIN_RESULTS = ['success', ...SASL_CONDITIONS] as const;
 
 /** Stanza kinds (RFC 6120 §8). */

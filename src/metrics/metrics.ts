@@ -12,6 +12,7 @@ import {
   END_CAUSES,
   HIBERNATION_ENDS,
   LINK_END_KINDS,
+  LOGIN_MODES,
   LOGIN_RESULTS,
   OTHER,
   RESUME_FAILURES,
@@ -170,11 +171,14 @@ export function createMetrics(sources: MetricsSources): Metrics {
   });
 
   // ---- counters fed by events -------------------------------------------------------------------
-  const logins = fixedLabelCounter(
-    counter('client_logins_total', 'Client SASL logins by result: success, or the RFC 6120 §6.5 condition the client got (logins).', ['result']),
-    'result',
-    LOGIN_RESULTS,
+  const loginsCounter = counter(
+    'client_logins_total',
+    'Client SASL logins by mode (plain: the proxy logs in for the client; scram-relay: the exchange relayed; other: a mechanism not offered) and result: success, or the RFC 6120 §6.5 condition the client got (logins).',
+    ['mode', 'result'],
   );
+  const loginsBy = new Map<string, (result: string) => void>(LOGIN_MODES.map((mode) => [mode, fixedLabelCounter(loginsCounter, 'result', LOGIN_RESULTS, { mode })]));
+  const logins = (result: string, mode: string) => (loginsBy.get(mode) ?? loginsBy.get(OTHER)!)(result);
+  const relayReconnects = counter('relay_reconnects_total', "Upstream losses of relayed (SCRAM) sessions: the client's connection was closed so that it logs in again and resumes (sessions).");
   const sessionsStarted = counter('sessions_started_total', 'Sessions started: a client bound a resource (sessions).');
   const sessionsEnded = fixedLabelCounter(counter('sessions_ended_total', 'Sessions ended, by cause (sessions).', ['cause']), 'cause', END_CAUSES);
   const settled = fixedLabelCounter(
@@ -241,7 +245,8 @@ export function createMetrics(sources: MetricsSources): Metrics {
 
   // ---- subscriptions --------------------------------------------------------------------------
   const listeners: { [K in keyof ProxyEventMap]?: (...args: ProxyEventMap[K]) => void } = {
-    'client-login': (result) => logins(result),
+    'client-login': (result, mode) => logins(result, mode),
+    'relay-reconnect': () => relayReconnects.inc(),
     'session-started': () => sessionsStarted.inc(),
     'session-hibernating': () => hibernations.inc(),
     'session-resumed': (_s, { hibernatedMs }) => {

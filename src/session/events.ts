@@ -97,8 +97,11 @@ export interface SessionEnd {
  * Events of the proxy's {@link SessionManager}, name → listener arguments. Times in ms.
  */
 export interface ProxyEventMap {
-  /** A client logged in (`success`) or was refused (the SASL condition it got, RFC 6120 §6.5). */
-  'client-login': [result: string];
+  /**
+   * A client logged in (`success`) or was refused (the SASL condition it got, RFC 6120 §6.5);
+   * `mode`: PLAIN, a relayed SCRAM exchange, or another mechanism (design §4.1.3).
+   */
+  'client-login': [result: string, mode: 'plain' | 'scram-relay' | 'other'];
   /** A client bound a resource: a new session. */
   'session-started': [session: Session];
   /** The client enabled XEP-0198 on its stream (`resume`: it asked for resumption). */

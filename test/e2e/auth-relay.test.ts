@@ -48,3 +48,11 @@ t.test('@xmpp/client logs in with SCRAM-SHA-1 relayed, chats, and resumes across
   await alice.stop();
   await bob.stop();
 });
+
+t.test('metrics: logins by mode and result, relay reconnects (issue 14 §6)', async (t) => {
+  const text = await tp.proxy.metrics.registry.metrics();
+  const value = (line: string) => Number(text.split('\n').find((l) => l.startsWith(line + ' '))?.split(' ').pop() ?? NaN);
+  t.ok(value('xmpp_sm_proxy_client_logins_total{mode="scram-relay",result="success"}') >= 4, 'relayed logins counted (two logins, two after the restart)');
+  t.equal(value('xmpp_sm_proxy_client_logins_total{mode="plain",result="success"}'), 0, 'no PLAIN login in scram-relay mode');
+  t.ok(value('xmpp_sm_proxy_relay_reconnects_total') >= 2, 'each client was sent to log in again once');
+});

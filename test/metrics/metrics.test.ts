@@ -75,7 +75,7 @@ t.test('logins by result, sessions, stanzas, acks, queue depth, custody latency'
   const bad = await RawClient.tls({ port: tp.port });
   t.equal((await bad.auth('alice', 'wrong')).name, 'failure');
   bad.destroy();
-  await atLeast('client_logins_total', { result: 'not-authorized' }, 1);
+  await atLeast('client_logins_total', { mode: 'plain', result: 'not-authorized' }, 1);
 
   ({ client: alice, id: aliceId } = await smClient('alice', 'phone'));
   ({ client: bob } = await smClient('bob', 'desk'));
@@ -185,5 +185,5 @@ t.test('no label value carries a JID, a resource or an address', async (t) => {
   t.ok(values.length > 100, `${values.length} label values checked`);
   t.same(values.filter((v) => v.includes('@') || v.includes('/') || v.includes('127.0.0.1') || v.includes('proxy.test')), []);
   const names = new Set(samples.filter((s) => s.name.startsWith(P)).flatMap((s) => Object.keys(s.labels)));
-  t.same([...names].sort(), ['cause', 'direction', 'how', 'kind', 'le', 'outcome', 'reason', 'result', 'state', 'version'], 'only the fixed label names');
+  t.same([...names].sort(), ['cause', 'direction', 'how', 'kind', 'le', 'mode', 'outcome', 'reason', 'result', 'state', 'version'], 'only the fixed label names');
 });
