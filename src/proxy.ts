@@ -9,7 +9,7 @@ import { listenC2s } from './c2s/listener.ts';
 import { ConnectionGate } from './c2s/connection-gate.ts';
 import { AuthThrottle } from './c2s/auth-throttle.ts';
 import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
-import { UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
+import { SaslFailure, UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
 import { LoginLimiter } from './upstream/login-limiter.ts';
 import { clientMechanisms } from './c2s/scram-relay.ts';
 import { SessionRegistry } from './sm/registry.ts';
@@ -119,15 +119,26 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     upstreamMechanisms = link.offeredMechanisms;
     return link;
   };
-  if (config.auth.mode !== 'plain' && config.domains[0] !== undefined) {
-    UpstreamLink.mechanisms(upstreamOptions(config.domains[0])).then(
-      (offered) => {
-        upstreamMechanisms ??= offered;
-        log.info({ mechanisms: offered }, 'upstream SASL mechanisms');
-      },
-      (err: Error) => log.warn(`cannot learn the upstream's SASL mechanisms yet (${err.message}): offering ${clientMechanisms(config.auth.mode, undefined).join(', ')} until a login shows them`),
-    );
-  }
+  // Asked again while unknown (the upstream was down at start) or when a client's mechanism was
+  // refused (the upstream's offer changed), at most every 5 s.
+  let probing = false;
+  let probedAt = 0;
+  const probeMechanisms = (): void => {
+    const domain = config.domains[0];
+    if (config.auth.mode === 'plain' || domain === undefined || probing || Date.now() - probedAt < 5000) return;
+    probing = true;
+    probedAt = Date.now();
+    UpstreamLink.mechanisms(upstreamOptions(domain))
+      .then(
+        (offered) => {
+          upstreamMechanisms = offered;
+          log.info({ mechanisms: offered }, 'upstream SASL mechanisms');
+        },
+        (err: Error) => log.warn(`cannot learn the upstream's SASL mechanisms yet (${err.message}): offering ${clientMechanisms(config.auth.mode, upstreamMechanisms).join(', ')} meanwhile`),
+      )
+      .finally(() => (probing = false));
+  };
+  probeMechanisms();
 
   const manager = new SessionManager({
     registry,
@@ -172,8 +183,15 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     negotiationTimeoutMs: config.limits.c2sTimeoutSeconds * 1000,
     authThrottle: new AuthThrottle({ maxFailures: config.limits.maxAuthFailures, periodMs: config.limits.authFailurePeriodSeconds * 1000, log }),
     login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)).then(learnMechanisms),
-    mechanisms: () => clientMechanisms(config.auth.mode, upstreamMechanisms),
-    relayLogin: (relay, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), relay)).then(learnMechanisms),
+    mechanisms: () => {
+      if (upstreamMechanisms === undefined) probeMechanisms();
+      return clientMechanisms(config.auth.mode, upstreamMechanisms);
+    },
+    relayLogin: (relay, domain) =>
+      logins.run(() => UpstreamLink.open(upstreamOptions(domain), relay)).then(learnMechanisms, (err: unknown) => {
+        if (err instanceof SaslFailure && err.condition === 'invalid-mechanism') probeMechanisms();
+        throw err;
+      }),
     loginResult: (result, mode) => manager.emit('client-login', result, mode),
     verifyCached: async (cred, bareJid) => manager.verifyCached(cred, bareJid),
     takeover: (bareJid, resource) => manager.takeover(bareJid, resource),

@@ -16,7 +16,7 @@ import type { PlainCredential } from '../upstream/sasl.ts';
 import type { Handover } from '../session/handover.ts';
 import { prepDomain } from '../jid.ts';
 import { parsePlain } from './sasl-plain.ts';
-import { checkClientFirst } from './scram-relay.ts';
+import { checkClientFirst, isSaslData } from './scram-relay.ts';
 import type { Admission } from './connection-gate.ts';
 import type { AuthThrottle } from './auth-throttle.ts';
 
@@ -421,7 +421,12 @@ export class ClientStream extends EventEmitter {
         if (el.is('resume', NS.sm)) return this.#stream.write(`<failed xmlns='${NS.sm}'><item-not-found xmlns='${NS.stanzas}'/></failed>`);
         return this.fail(new StreamError('not-authorized', 'authenticate first'));
       case 'authenticating':
-        if (this.#relayWait && el.is('response', NS.sasl)) return this.#relayWait.resolve(el.element().getText().trim());
+        if (this.#relayWait && el.is('response', NS.sasl)) {
+          const data = el.element().getText().trim();
+          // Written into the upstream stream as it is: only base64 may pass (RFC 6120 §6.5.3).
+          if (!isSaslData(data)) return this.#relayWait.reject(new SaslFailure('incorrect-encoding'));
+          return this.#relayWait.resolve(data);
+        }
         if (this.#relayWait && el.is('abort', NS.sasl)) return this.#relayWait.reject(new SaslFailure('aborted'));
         // RFC 6120 §6.4.2: nothing but the SASL exchange until it ends.
         return this.fail(new StreamError('not-authorized', 'SASL negotiation in progress'));
@@ -577,6 +582,7 @@ export class ClientStream extends EventEmitter {
       link = await this.#deps.relayLogin(relay, this.#domain!);
     } catch (err) {
       this.#state = 'sasl';
+      this.#relayWait = undefined; // the upstream may have died while the client had its turn
       if (this.#stream.closed) return;
       if (err instanceof SaslFailure) {
         this.log.info({ condition: err.condition, mechanism }, 'upstream refused the relayed login');

@@ -33,6 +33,14 @@ export type ClientFirst =
 const MAX_BYTES = 4096;
 /** Padded base64 (RFC 4648 §4) as RFC 6120 §6.4.2 asks: no whitespace or line breaks inside. */
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/**
+ * True for SASL data as RFC 6120 §6.4.2 carries it: padded base64, or `=` (empty). Relayed
+ * texts are written into the other stream as they are: anything else could carry markup.
+ */
+export function isSaslData(text: string): boolean {
+  return text === '=' || BASE64.test(text);
+}
 /** RFC 5802 §7 `saslname`: '=' only in =2C or =3D (',' is already split off, NUL refused before). */
 const SASLNAME = /^(?:[^=,]|=2C|=3D)+$/;
 /** RFC 5802 §7 `printable`: %x21-2B / %x2D-7E (visible ASCII except ','). */

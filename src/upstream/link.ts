@@ -3,6 +3,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { escapeXML, type Element } from 'ltx';
 import type { TopLevel } from '../xml/top-level.ts';
+import { isSaslData } from '../c2s/scram-relay.ts';
 import { QUERY_PREFIX } from './gap-fill.ts';
 import { ServerSm } from './server-sm.ts';
 import { XmlStream } from '../xml/xml-stream.ts';
@@ -280,10 +281,10 @@ export class UpstreamLink extends EventEmitter {
       for (let done = false; !done;) {
         const el = await reader.next();
         if (el.is('challenge', NS.sasl)) {
-          const response = exchange ? b64(await exchange.challenge(unb64(el.getText()))) : await relay!.challenge(el.getText().trim());
+          const response = exchange ? b64(await exchange.challenge(unb64(el.getText()))) : await reader.whileAlive(relay!.challenge(relayData(el)));
           stream.write(`<response xmlns='${NS.sasl}'>${response}</response>`);
         } else if (el.is('success', NS.sasl)) {
-          successData = el.getText().trim();
+          successData = relay ? relayData(el) : el.getText().trim();
           exchange?.success(unb64(successData));
           done = true;
         } else if (el.is('failure', NS.sasl)) {
@@ -489,11 +490,20 @@ export class UpstreamLink extends EventEmitter {
 }
 
 /** Sequential reads during negotiation: header + features, then one element at a time. */
+/** A relayed SASL text from the server: only base64 goes on to the client (RFC 6120 §6.4). */
+function relayData(el: Element): string {
+  const data = el.getText().trim();
+  if (data !== '' && !isSaslData(data)) throw new UpstreamError(`upstream sent a <${el.name}> that is not base64`);
+  return data;
+}
+
 class Reader {
   #queue: Element[] = [];
   #waiter: { resolve: (el: Element) => void; reject: (err: Error) => void } | undefined;
   #error: Error | undefined;
   #paused = false;
+  /** Rejected when the negotiation fails ({@link whileAlive}). */
+  readonly #watchers: Array<(err: Error) => void> = [];
   readonly #stream: XmlStream;
   readonly #onElement = (top: TopLevel): void => {
     const el = top.element(); // negotiation looks inside everything
@@ -549,6 +559,13 @@ class Reader {
     const w = this.#waiter;
     this.#waiter = undefined;
     w?.reject(err);
+    for (const reject of this.#watchers.splice(0)) reject(this.#error);
+  }
+
+  /** `task`, unless the connection fails first (a relayed login waits for the client meanwhile). */
+  whileAlive<T>(task: Promise<T>): Promise<T> {
+    if (this.#error) return Promise.reject(this.#error);
+    return Promise.race([task, new Promise<never>((_, reject) => this.#watchers.push(reject))]);
   }
 
   detach(): void {
