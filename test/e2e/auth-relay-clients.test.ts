@@ -207,6 +207,35 @@ t.test('upstream restart in relay mode: slixmpp and @xmpp/client each see one cl
   await bob.stop();
 });
 
+t.test("the upstream is lost while a relayed session hibernates: the client's resume brings the new login, and what was sent meanwhile arrives once (issue 14 §2)", async (t) => {
+  const alice = slixmppFor(t, relayProxy, 'alice@proxy.test/slix3', 'alice-pw');
+  await alice.waitEvent('sm_enabled');
+  const session = sessionOf(relayProxy, 'alice@proxy.test/slix3');
+  const seen = watch(session);
+  await waitFor(() => session.sm.queue.length === 0, 'slixmpp acked what it got');
+  const hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  alice.command('drop');
+  await hibernating;
+
+  await prosody.restart();
+  await waitFor(() => seen['relay-reconnect'] === 1, 'the session learns its link is gone and waits for the client');
+  t.notOk(session.upstreamLinked, 'no upstream link: nobody can log in for the client');
+  t.ok(session.hibernating, 'still hibernating');
+  await carolSends(t, 'alice@proxy.test/slix3', ['c-1', 'c-2']);
+
+  alice.command('reconnect');
+  await alice.waitEvent('session_resumed');
+  await alice.waitEvent('message', 2);
+  await sleep(1000); // duplicates would show up here
+  t.same(alice.of('message').map((m) => m.body), ['c-1', 'c-2'], 'each once, in order');
+  t.ok(session.upstreamLinked, "the client's relayed login became the session's link");
+  t.equal(seen.resumed, 1, 'resumed once');
+  t.equal(seen.ended, 0, 'the session did not end');
+  t.equal(alice.of('session_start').length, 1, 'slixmpp: no new session');
+  t.same(alice.of('error'), [], 'slixmpp reported no error');
+  await quit(alice);
+});
+
 t.test('auth.mode auto: PLAIN and SCRAM offered; through one upstream restart the PLAIN client sees nothing, the SCRAM client resumes once (issue 14 §3, §5)', async (t) => {
   // alice logs in with PLAIN (@xmpp/client told to), bob with SCRAM-SHA-1 (@xmpp/client's choice).
   let offered: string[] = [];
@@ -235,7 +264,13 @@ t.test('auth.mode auto: PLAIN and SCRAM offered; through one upstream restart th
   await bob.start();
   await alice.send(xml('presence'));
   await bob.send(xml('presence'));
-  t.same([...offered].sort(), ['PLAIN', 'SCRAM-SHA-1'], 'auto offers the SCRAM mechanism and PLAIN');
+  t.same([...offered].sort(), ['PLAIN', 'SCRAM-SHA-1'], '@xmpp/client saw SCRAM-SHA-1 and PLAIN offered');
+  const raw = await RawClient.tls({ port: autoProxy.port });
+  t.teardown(() => raw.destroy());
+  const features = raw.received.filter((el) => el.name === 'stream:features').at(-1)!;
+  const exact = features.getChild('mechanisms')!.getChildren('mechanism').map((m) => m.getText());
+  t.same([...exact].sort(), ['PLAIN', 'SCRAM-SHA-1'], "auto offers exactly the upstream's SCRAM (SCRAM-SHA-1) and PLAIN");
+  raw.destroy();
   t.same(logins.slice(loginsBefore), [['auto', 'success', 'plain'], ['auto', 'success', 'scram-relay']], 'alice logged in with PLAIN, bob with SCRAM relayed');
   await waitFor(() => sessionOf(autoProxy, 'alice@proxy.test/plain').sm.enabled && sessionOf(autoProxy, 'bob@proxy.test/scram').sm.enabled, 'SM enabled');
   const aliceSession = sessionOf(autoProxy, 'alice@proxy.test/plain');

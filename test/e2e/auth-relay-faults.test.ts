@@ -13,9 +13,10 @@ import t, { type Test } from 'tap';
 import * as net from 'node:net';
 import type { Element } from 'ltx';
 import { xml } from '@xmpp/client';
+import pino from 'pino';
 import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
-import { FAST_UPSTREAM, chatPair, count, sessionOf } from '../harness/chat.ts';
+import { startTestProxy, clientFor, waitFor, ACCOUNTS } from '../harness/proxy.ts';
+import { FAST_UPSTREAM, chatPair, count, sessionOf, sleep } from '../harness/chat.ts';
 import { RawClient } from '../harness/raw-client.ts';
 import { RawScram, b64, conditionOf, sendAuth } from '../harness/scram-client.ts';
 import { Slixmpp } from '../harness/slixmpp.ts';
@@ -102,13 +103,19 @@ const prosody = await startProsody({ tls: 'required', accounts: [...ACCOUNTS, CA
 t.teardown(() => prosody.stop());
 const relay = await FaultRelay.start(prosody.c2sPort);
 t.teardown(() => relay.close());
-const tp = await startTestProxy(prosody, {
-  upstream: { ...FAST_UPSTREAM, port: relay.port },
-  auth: { mode: 'scram-relay' },
-  // Every test here logs in from 127.0.0.1, some with a wrong password: the address throttle
-  // (not under test) must not turn later logins into temporary-auth-failure.
-  limits: { maxAuthFailures: 1000 },
-});
+// Everything the proxy logs, at its most verbose: no SASL payload may be in it (issue 14 §6).
+const logLines: string[] = [];
+const tp = await startTestProxy(
+  prosody,
+  {
+    upstream: { ...FAST_UPSTREAM, port: relay.port },
+    auth: { mode: 'scram-relay' },
+    // Every test here logs in from 127.0.0.1, some with a wrong password: the address throttle
+    // (not under test) must not turn later logins into temporary-auth-failure.
+    limits: { maxAuthFailures: 1000 },
+  },
+  pino({ level: 'trace' }, { write: (line: string) => void logLines.push(line) }),
+);
 t.teardown(() => tp.close());
 
 // Every SASL outcome a client got, with its mode (issue 14 §6).
@@ -143,10 +150,32 @@ async function pairStillChats(t: Test): Promise<void> {
   t.equal(pair.drops.n, 0, 'the logged-in clients kept their connections');
 }
 
-/** A client on TLS, ready for SASL; destroyed at the end of `t`. */
+/** Every SASL payload sent or received by the raw clients below (base64, and decoded). */
+const payloads = new Set<string>();
+const rememberPayload = (text: string): void => {
+  if (text.length < 8) return; // '=', 'biws'-like fragments would match anything
+  payloads.add(text);
+  const decoded = Buffer.from(text, 'base64').toString('utf8');
+  // The SCRAM attributes one by one: a nonce, a salt, a proof, a signature (not n= or a=:
+  // the account is logged, as for any login).
+  for (const attr of decoded.split(',')) if (/^[rspvc]=.{8,}$/s.test(attr)) payloads.add(attr.slice(2));
+};
+
+/** A client on TLS, ready for SASL, its SASL payloads remembered; destroyed at the end of `t`. */
 async function saslReady(t: Test): Promise<RawClient> {
   const c = await RawClient.tls({ port: tp.port });
   t.teardown(() => c.destroy());
+  const send = c.send.bind(c);
+  c.send = (data: string) => {
+    for (const m of data.matchAll(/<(?:auth|response)\b[^>]*>([^<]*)</g)) rememberPayload(m[1]!.trim());
+    send(data);
+  };
+  const received = c.received;
+  const push = received.push.bind(received);
+  received.push = (...els) => {
+    for (const el of els) if (el.name === 'challenge' || el.name === 'success') rememberPayload(el.getText().trim());
+    return push(...els);
+  };
   return c;
 }
 
@@ -237,6 +266,7 @@ t.test('slixmpp with a wrong password reports failed_auth and gets no session', 
   await slix.waitEvent('disconnected');
   t.match(slix.stderr, /Authentication failed: not-authorized/, "what it got was the upstream's not-authorized");
   t.match(slix.stderr, /mechanism="SCRAM-SHA-1"/, 'it tried SCRAM-SHA-1 (the only mechanism offered)');
+  for (const m of slix.stderr.matchAll(/<(?:auth|challenge|response|success)\b[^>]*>([^<]*)</g)) rememberPayload(m[1]!.trim());
   t.equal(slix.of('session_start').length, 0, 'no session_start');
   t.notOk([...tp.proxy.sessions].some((s) => s.bareJid === 'carol@proxy.test'), 'no proxy session for carol');
   slix.command('quit');
@@ -344,7 +374,8 @@ t.test('the upstream connection dies while the client computes its proof: the cl
   // The client says nothing more. The proxy knows the relay is dead: the client should get a
   // SASL failure now, not wait for the negotiation deadline (c2sTimeoutSeconds, 30 s, which
   // ends in a connection-timeout stream error instead).
-  const answer = await c.next((el) => el.name === 'failure' || el.name === 'stream:error', 12_000).catch((err: Error) => err);
+  // Waited for: the upstream timeout (connectTimeoutSeconds, 3 s here) and some slack.
+  const answer = await c.next((el) => el.name === 'failure' || el.name === 'stream:error', 8_000).catch((err: Error) => err);
   t.ok(!(answer instanceof Error), 'an answer came without the client responding', { got: answer instanceof Error ? answer.message : undefined });
   if (!(answer instanceof Error)) t.equal(conditionOf(answer), 'temporary-auth-failure', 'temporary-auth-failure');
   await noLoginLeftBehind(t);
@@ -378,6 +409,56 @@ t.test('the client leaves mid-exchange: the upstream login goes with it', async 
   await noLoginLeftBehind(t);
   t.ok(upstream.closed, "the relayed login's upstream connection is closed");
   await pairStillChats(t);
+});
+
+t.test("a relayed session's link freezes with the client's stanzas in flight: held, sent on the client's new login, each arrives once (issue 14 §2)", async (t) => {
+  const { client: carol } = await RawClient.login({ port: prosody.c2sPort, user: 'carol', password: 'carol-pw', resource: 'direct' });
+  t.teardown(() => carol.destroy());
+  carol.send('<presence/>');
+  const carolGot = (): string[] => carol.received.filter((el) => el.name === 'message').map((el) => el.getChildText('body') ?? '');
+  const before = relay.accepted;
+  const sender = clientFor(tp, 'alice', 'alice-pw', { resource: 'held' });
+  let drops = 0;
+  sender.on('disconnect', () => drops++);
+  t.teardown(() => sender.stop().catch(() => {}));
+  await sender.start();
+  await waitFor(() => sessionOf(tp, 'alice@proxy.test/held').sm.enabled, 'SM enabled');
+  const session = sessionOf(tp, 'alice@proxy.test/held');
+  t.ok(session.relayed, 'relayed');
+  t.equal(relay.accepted, before + 1, "one upstream connection: this client's relayed login, now its link");
+  const link = relay.pairs[before]!;
+  await sender.send(xml('message', { to: 'carol@proxy.test/direct', type: 'chat' }, xml('body', {}, 'held-0')));
+  await waitFor(() => carolGot().includes('held-0'), 'carol gets the first message');
+  // Confirmed by the server (custody, design §4.4): it is not in flight any more when the link freezes.
+  await waitFor(() => session.custodyBytes === 0, 'the server confirmed it');
+
+  sender.reconnect.stop();
+  relay.freeze(link);
+  for (let i = 1; i <= 3; i++) await sender.send(xml('message', { to: 'carol@proxy.test/direct', type: 'chat', id: `held-${i}` }, xml('body', {}, `held-${i}`)));
+  // The custody barrier goes unanswered: the link is dead, and only the client can log in again.
+  await waitFor(() => drops === 1, "the client's connection is closed", 15_000);
+  t.ok(session.hibernating, 'the session hibernates');
+  t.same(carolGot(), ['held-0'], 'nothing got through the frozen link');
+
+  const resumed = new Promise((resolve) => session.once('resumed', resolve));
+  await sender.reconnect.reconnect();
+  await resumed;
+  await waitFor(() => carolGot().length >= 4, 'the held messages arrive after the resume');
+  await sleep(1000); // duplicates would show up here
+  t.same(carolGot(), ['held-0', 'held-1', 'held-2', 'held-3'], 'each message once, in order');
+  t.ok(session.upstreamLinked, "the client's new relayed login is the session's link");
+  await sender.stop();
+  await noLoginLeftBehind(t);
+  await pairStillChats(t);
+});
+
+t.test("no SASL payload (initial response, challenge, proof, signature, nonce, salt) is in the proxy's log (issue 14 §6)", async (t) => {
+  t.ok(payloads.size > 20, `${payloads.size} payloads to look for`);
+  t.ok(logLines.length > 20, `${logLines.length} log lines to look in`);
+  const log = logLines.join('');
+  const found = [...payloads].filter((p) => log.includes(p));
+  t.same(found, [], 'none of them');
+  for (const secret of ['carol-pw', 'not-carols-pw', 'wrong-pw', 'alice-pw', 'bob-pw']) t.notOk(log.includes(secret), `no password (${secret.length} characters)`);
 });
 
 t.test('the bystanders never noticed', async (t) => {
