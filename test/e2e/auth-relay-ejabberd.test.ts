@@ -21,7 +21,9 @@ const server = await startEjabberd({ tls: 'required', accounts: [...ACCOUNTS, CA
 t.teardown(() => server.stop());
 const relay = await TcpRelay.start(server.c2sPort);
 t.teardown(() => relay.close());
-const tp = await startTestProxy(server, { upstream: { ...FAST_UPSTREAM, port: relay.port }, auth: { mode: 'scram-relay' } });
+// connectTimeoutSeconds: a relayed login's upstream negotiation includes the client's turns;
+// under load it can take more than FAST_UPSTREAM's 3 s, and timing is not under test here.
+const tp = await startTestProxy(server, { upstream: { ...FAST_UPSTREAM, connectTimeoutSeconds: 10, port: relay.port }, auth: { mode: 'scram-relay' } });
 t.teardown(() => tp.close());
 const domain = server.domain;
 

@@ -99,6 +99,7 @@ class FaultRelay {
 }
 
 const CAROL = { user: 'carol', password: 'carol-pw' };
+const CONNECT_TIMEOUT_S = 5;
 const prosody = await startProsody({ tls: 'required', accounts: [...ACCOUNTS, CAROL] });
 t.teardown(() => prosody.stop());
 const relay = await FaultRelay.start(prosody.c2sPort);
@@ -108,7 +109,9 @@ const logLines: string[] = [];
 const tp = await startTestProxy(
   prosody,
   {
-    upstream: { ...FAST_UPSTREAM, port: relay.port },
+    // connectTimeoutSeconds bounds a relayed exchange (the client's turns included): 5 s, enough
+    // under load for a good login, and what the frozen-upstream test waits for.
+    upstream: { ...FAST_UPSTREAM, connectTimeoutSeconds: CONNECT_TIMEOUT_S, port: relay.port },
     auth: { mode: 'scram-relay' },
     // Every test here logs in from 127.0.0.1, some with a wrong password: the address throttle
     // (not under test) must not turn later logins into temporary-auth-failure.
@@ -358,7 +361,7 @@ t.test('the upstream connection dies after the first challenge: temporary-auth-f
 t.test('the upstream connection freezes after the first challenge: temporary-auth-failure within the upstream timeout, nothing left', async (t) => {
   const { c, scram, challenge, upstream } = await midExchange(t);
   relay.freeze(upstream);
-  // The proxy waits for the upstream's verdict at most connectTimeoutSeconds (3 s here).
+  // The proxy waits for the upstream's verdict at most connectTimeoutSeconds (5 s here).
   const answer = await scram.final(challenge);
   t.equal(answer.name, 'failure', 'a SASL failure, not a stream error');
   t.equal(conditionOf(answer), 'temporary-auth-failure', 'temporary-auth-failure');
@@ -374,8 +377,8 @@ t.test('the upstream connection dies while the client computes its proof: the cl
   // The client says nothing more. The proxy knows the relay is dead: the client should get a
   // SASL failure now, not wait for the negotiation deadline (c2sTimeoutSeconds, 30 s, which
   // ends in a connection-timeout stream error instead).
-  // Waited for: the upstream timeout (connectTimeoutSeconds, 3 s here) and some slack.
-  const answer = await c.next((el) => el.name === 'failure' || el.name === 'stream:error', 8_000).catch((err: Error) => err);
+  // Waited for: the upstream timeout (connectTimeoutSeconds) and some slack.
+  const answer = await c.next((el) => el.name === 'failure' || el.name === 'stream:error', (CONNECT_TIMEOUT_S + 5) * 1000).catch((err: Error) => err);
   t.ok(!(answer instanceof Error), 'an answer came without the client responding', { got: answer instanceof Error ? answer.message : undefined });
   if (!(answer instanceof Error)) t.equal(conditionOf(answer), 'temporary-auth-failure', 'temporary-auth-failure');
   await noLoginLeftBehind(t);
