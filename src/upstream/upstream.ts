@@ -183,7 +183,10 @@ export class Upstream extends EventEmitter {
     }
     try {
       await this.#establish(link, 1);
-      return this.#link === link;
+      // A PLAIN login (auth.mode auto) gives the session a credential: later losses are transparent.
+      const adopted = (this.#link as UpstreamLink | undefined) === link;
+      if (adopted && link.credential) this.#credential = link.credential;
+      return adopted;
     } catch (err) {
       this.#deps.log.info(`the client's new login could not replace the upstream link: ${(err as Error).message}`);
       link.destroy();
