@@ -17,6 +17,7 @@ import { startTestProxy, clientFor, bodiesOf, waitFor, ACCOUNTS, type TestProxy 
 import { FAST_UPSTREAM, count, sessionOf, sleep } from '../harness/chat.ts';
 import { RawClient } from '../harness/raw-client.ts';
 import { Slixmpp, slixmppVersion } from '../harness/slixmpp.ts';
+import { RawScram } from '../harness/scram-client.ts';
 import type { Session } from '../../src/session/session.ts';
 
 const CAROL = { user: 'carol', password: 'carol-pw' };
@@ -322,3 +323,63 @@ t.test('auth.mode auto: PLAIN and SCRAM offered; through one upstream restart th
   await alice.stop();
   await bob.stop();
 });
+
+t.test('auth.mode auto: a relayed session resumed after a PLAIN login keeps that credential, so the next upstream loss is transparent', async (t) => {
+  const STANZAS = new Set(['message', 'presence', 'iq']);
+  /** Stanzas received after `<enabled/>` or `<resumed/>` (the client's XEP-0198 h). */
+  const handled = (c: RawClient): number => {
+    const from = c.received.findIndex((el) => el.name === 'enabled' || el.name === 'resumed');
+    return c.received.slice(from + 1).filter((el) => STANZAS.has(el.name)).length;
+  };
+  // 1. SCRAM (relayed), bind, SM with resumption.
+  const first = await RawClient.tls({ port: autoProxy.port });
+  t.teardown(() => first.destroy());
+  const { answer } = await new RawScram(first, 'carol', 'carol-pw').run();
+  t.equal(answer.name, 'success', 'relayed SCRAM login');
+  await first.open();
+  await first.bind('mix');
+  first.send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`);
+  const enabled = await first.next((el) => el.name === 'enabled');
+  const session = sessionOf(autoProxy, 'carol@proxy.test/mix');
+  t.ok(session.relayed, 'a relayed session');
+  const seen = watch(session);
+
+  // 2. The upstream restarts: the client's connection is closed (relayed: no credential).
+  await prosody.restart();
+  await first.closed;
+  await waitFor(() => session.hibernating, 'hibernating');
+  t.equal(seen['relay-reconnect'], 1, 'closed for a new login');
+
+  // 3. It comes back with PLAIN and resumes.
+  const second = await RawClient.authenticated({ port: autoProxy.port, user: 'carol', password: 'carol-pw' });
+  t.teardown(() => second.destroy());
+  second.send(`<resume xmlns='urn:xmpp:sm:3' previd='${enabled.attrs.id}' h='${handled(first)}'/>`);
+  const resumed = await second.next((el) => el.name === 'resumed' || el.name === 'failed');
+  t.equal(resumed.name, 'resumed', 'resumed after a PLAIN login');
+  t.equal(session.relayed, false, 'the session now holds the credential of that PLAIN login');
+
+  // 4. The next restart is transparent: the proxy logs in again by itself.
+  const up = new Promise((resolve) => session.once('upstream-up', resolve)).then(() => 'the proxy logged in again');
+  await prosody.restart();
+  const outcome = await Promise.race([up, second.closed.then(() => 'the client was closed')]);
+  t.equal(outcome, 'the proxy logged in again', 'the proxy logged in again with the credential, the client was not closed');
+  await bobSends(t, 'carol@proxy.test/mix', 'after the second restart');
+  const message = await second.next((el) => el.name === 'message' && el.getChildText('body') === 'after the second restart', 15_000);
+  t.ok(message, 'messages keep flowing on the same connection');
+  t.notOk(second.received.some((el) => el.name === 'stream:error'), 'no stream error');
+  t.equal(seen['relay-reconnect'], 1, 'no second forced reconnect');
+  t.equal(seen.resumed, 1, 'no second resume');
+  t.equal(second.socket.destroyed, false, 'the connection stayed up');
+  second.send('</stream:stream>');
+  await waitFor(() => seen.ended === 1, 'the session ends with the clean close');
+});
+
+/** bob, logged in to Prosody directly (not through the proxy), sends one message to `to`. */
+async function bobSends(t: Test, to: string, body: string): Promise<void> {
+  const { client } = await RawClient.login({ port: prosody.c2sPort, user: 'bob', password: 'bob-pw', resource: 'direct' });
+  t.teardown(() => client.destroy());
+  client.send(`<message to='${to}' type='chat'><body>${body}</body></message>`);
+  client.send(`<iq type='get' id='bob-ping' to='proxy.test'><ping xmlns='urn:xmpp:ping'/></iq>`);
+  await client.next((el) => el.name === 'iq' && el.attrs.id === 'bob-ping');
+  client.send('</stream:stream>');
+}
