@@ -11,6 +11,7 @@
 // kill or freeze one connection (the relayed login's) and leave the others alone.
 import t, { type Test } from 'tap';
 import * as net from 'node:net';
+import { readFileSync } from 'node:fs';
 import type { Element } from 'ltx';
 import { xml } from '@xmpp/client';
 import pino from 'pino';
@@ -18,7 +19,7 @@ import { startProsody } from '../harness/prosody.ts';
 import { startTestProxy, clientFor, waitFor, ACCOUNTS } from '../harness/proxy.ts';
 import { FAST_UPSTREAM, chatPair, count, sessionOf, sleep } from '../harness/chat.ts';
 import { RawClient } from '../harness/raw-client.ts';
-import { RawScram, b64, conditionOf, sendAuth } from '../harness/scram-client.ts';
+import { RawScram, NS_SASL, b64, conditionOf, nextSaslAnswer, sendAuth } from '../harness/scram-client.ts';
 import { Slixmpp } from '../harness/slixmpp.ts';
 import type { Session } from '../../src/session/session.ts';
 
@@ -52,10 +53,15 @@ class FaultRelay {
     return relay;
   }
 
+  /** A fault for the next connection accepted: frozen from its first byte, or reset at once. */
+  nextFault: 'freeze' | 'kill' | undefined;
+
   #accept(a: net.Socket, targetPort: number): void {
     const b = net.connect({ host: '127.0.0.1', port: targetPort });
-    const pair: Pair = { a, b, frozen: false, closed: false };
+    const pair: Pair = { a, b, frozen: this.nextFault === 'freeze', closed: false };
     this.pairs.push(pair);
+    if (this.nextFault === 'kill') queueMicrotask(() => this.kill(pair));
+    this.nextFault = undefined;
     a.on('data', (chunk) => pair.frozen || b.write(chunk));
     b.on('data', (chunk) => pair.frozen || a.write(chunk));
     const close = (): void => {
@@ -100,7 +106,8 @@ class FaultRelay {
 
 const CAROL = { user: 'carol', password: 'carol-pw' };
 const CONNECT_TIMEOUT_S = 5;
-const prosody = await startProsody({ tls: 'required', accounts: [...ACCOUNTS, CAROL] });
+// Debug log: it shows every element Prosody received (see the smuggling test).
+const prosody = await startProsody({ tls: 'required', accounts: [...ACCOUNTS, CAROL], logLevel: 'debug' });
 t.teardown(() => prosody.stop());
 const relay = await FaultRelay.start(prosody.c2sPort);
 t.teardown(() => relay.close());
@@ -382,6 +389,49 @@ t.test('the upstream connection dies while the client computes its proof: the cl
   t.ok(!(answer instanceof Error), 'an answer came without the client responding', { got: answer instanceof Error ? answer.message : undefined });
   if (!(answer instanceof Error)) t.equal(conditionOf(answer), 'temporary-auth-failure', 'temporary-auth-failure');
   await noLoginLeftBehind(t);
+  await pairStillChats(t);
+});
+
+t.test('the upstream accepts the connection but never answers: temporary-auth-failure, nothing left', async (t) => {
+  const c = await saslReady(t);
+  const before = relay.accepted;
+  relay.nextFault = 'freeze';
+  const answer = await new RawScram(c, 'carol', 'carol-pw').first();
+  t.equal(relay.accepted, before + 1, 'the proxy tried one upstream connection');
+  t.equal(answer.name, 'failure', 'a SASL failure, not a stream error');
+  t.equal(conditionOf(answer), 'temporary-auth-failure', 'temporary-auth-failure');
+  await noLoginLeftBehind(t);
+  await pairStillChats(t);
+});
+
+t.test('the upstream drops the connection before the first challenge: temporary-auth-failure', async (t) => {
+  const c = await saslReady(t);
+  relay.nextFault = 'kill';
+  const answer = await new RawScram(c, 'carol', 'carol-pw').first();
+  t.equal(answer.name, 'failure', 'a SASL failure, not a stream error');
+  t.equal(conditionOf(answer), 'temporary-auth-failure', 'temporary-auth-failure');
+  const again = await new RawScram(c, 'carol', 'carol-pw').run();
+  t.equal(again.answer.name, 'success', 'the next attempt on the same connection succeeds');
+  c.destroy();
+  await noLoginLeftBehind(t);
+  await pairStillChats(t);
+});
+
+t.test('a <response/> that is not base64 is refused: XML the client escapes into it never reaches the upstream (RFC 6120 §6.4.2)', async (t) => {
+  const prosodyLog = (): string => readFileSync(prosody.logFile, 'utf8');
+  const closedBefore = prosodyLog().split('Destroying unbound session').length;
+  const { c } = await midExchange(t);
+  // As text, this is `</response><smuggled xmlns='urn:example:smuggled'/><response xmlns=…>`:
+  // written into the upstream stream unescaped, it closes the <response/> and adds elements.
+  c.send(`<response xmlns='${NS_SASL}'>&lt;/response&gt;&lt;smuggled xmlns='urn:example:smuggled'/&gt;&lt;response xmlns='${NS_SASL}'&gt;</response>`);
+  const answer = await nextSaslAnswer(c);
+  t.equal(answer.name, 'failure', 'the login fails');
+  t.ok(['incorrect-encoding', 'malformed-request'].includes(conditionOf(answer) ?? ''), `incorrect-encoding or malformed-request (RFC 6120 §6.5.2, §6.5.8), got ${conditionOf(answer)}`);
+  await noLoginLeftBehind(t);
+  // Prosody logs the close of the login's connection after whatever it read on it.
+  await waitFor(() => prosodyLog().split('Destroying unbound session').length > closedBefore, 'Prosody logged the end of that connection');
+  const smuggled = prosodyLog().split('\n').filter((line) => line.includes('smuggled'));
+  t.same(smuggled, [], 'Prosody (debug log: every element it received) never saw the smuggled element');
   await pairStillChats(t);
 });
 
