@@ -11,7 +11,8 @@ import { RawClient } from '../harness/raw-client.ts';
 
 const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS });
 t.teardown(() => prosody.stop());
-const tp = await startTestProxy(prosody, { upstream: FAST_UPSTREAM, auth: { mode: 'scram-relay' } });
+// The upstream timeout covers a relayed login's client turns too: generous, timing is not under test.
+const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, connectTimeoutSeconds: 20 }, auth: { mode: 'scram-relay' } });
 t.teardown(() => tp.close());
 
 t.test('the proxy offers the upstream SCRAM mechanisms without -PLUS, and no PLAIN', async (t) => {
