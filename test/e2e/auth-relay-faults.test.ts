@@ -313,6 +313,10 @@ t.test('malformed client-first-messages get their failure at once and no upstrea
     cases.map(([, , condition]) => [condition, 'scram-relay']),
     'each counted as a refused relayed login, with its condition (issue 14 §6)',
   );
+  const metrics = await tp.proxy.metrics.registry.metrics();
+  const metric = (labels: string): number => Number(metrics.split('\n').find((l) => l.startsWith(`xmpp_sm_proxy_client_logins_total{${labels}} `))?.split(' ').pop() ?? NaN);
+  t.ok(metric('mode="scram-relay",result="malformed-request"') >= cases.length - 1, 'client_logins_total{mode="scram-relay",result="malformed-request"} counts them');
+  t.ok(metric('mode="scram-relay",result="invalid-authzid"') >= 1, 'and invalid-authzid');
 
   // On one connection: two malformed attempts, then a correct login (maxAuthAttempts is 3).
   const c = await saslReady(t);
@@ -503,6 +507,38 @@ t.test("a relayed session's link freezes with the client's stanzas in flight: he
   await sender.stop();
   await noLoginLeftBehind(t);
   await pairStillChats(t);
+});
+
+t.test("the upstream was unreachable when the proxy started: its real offer (SCRAM-SHA-256 only) is learned, not SCRAM-SHA-1 assumed for ever", async (t) => {
+  // Prosody storing SHA-256 keys offers SCRAM-SHA-256 and PLAIN only (research notes §1).
+  const sha256 = await startProsody({ tls: 'required', accounts: [CAROL], config: 'password_hash = "SHA-256"' });
+  t.teardown(() => sha256.stop());
+  const front = await FaultRelay.start(sha256.c2sPort);
+  t.teardown(() => front.close());
+  front.nextFault = 'kill'; // the proxy's probe at start finds no upstream
+  const tp2 = await startTestProxy(sha256, { upstream: { ...FAST_UPSTREAM, connectTimeoutSeconds: CONNECT_TIMEOUT_S, port: front.port }, auth: { mode: 'scram-relay' } });
+  t.teardown(() => tp2.close());
+  await waitFor(() => front.accepted >= 1 && front.live === 0, 'the probe at start failed');
+
+  const offer = (c: RawClient): string[] =>
+    c.received.filter((el) => el.name === 'stream:features').at(-1)!.getChild('mechanisms')!.getChildren('mechanism').map((m) => m.getText());
+  const first = await RawClient.tls({ port: tp2.port });
+  t.teardown(() => first.destroy());
+  const firstOffer = offer(first);
+  t.comment(`offered to the first client: ${firstOffer.join(' ')}`);
+  if (!firstOffer.includes('SCRAM-SHA-256')) {
+    // What it offers, it tries; the upstream's answer is invalid-mechanism: now the proxy has seen the real offer.
+    const tried = await new RawScram(first, 'carol', 'carol-pw', 'SCRAM-SHA-1').first();
+    t.equal(conditionOf(tried), 'invalid-mechanism', 'SCRAM-SHA-1 was never offered by the upstream');
+  }
+  first.destroy();
+
+  const second = await RawClient.tls({ port: tp2.port });
+  t.teardown(() => second.destroy());
+  t.same(offer(second), ['SCRAM-SHA-256'], "the next client is offered the upstream's SCRAM-SHA-256");
+  const { answer, verified } = await new RawScram(second, 'carol', 'carol-pw', 'SCRAM-SHA-256').run();
+  t.equal(answer.name, 'success', 'and logs in with it, relayed');
+  t.ok(verified, 'server signature verified');
 });
 
 t.test("no SASL payload (initial response, challenge, proof, signature, nonce, salt) is in the proxy's log (issue 14 §6)", async (t) => {
