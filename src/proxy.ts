@@ -189,7 +189,7 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     },
     relayLogin: (relay, domain) =>
       logins.run(() => UpstreamLink.open(upstreamOptions(domain), relay)).then(learnMechanisms, (err: unknown) => {
-        if (err instanceof SaslFailure && err.condition === 'invalid-mechanism') probeMechanisms();
+        if (err instanceof SaslFailure && err.offered) upstreamMechanisms = err.offered;
         throw err;
       }),
     loginResult: (result, mode) => manager.emit('client-login', result, mode),

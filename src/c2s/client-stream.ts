@@ -125,6 +125,8 @@ export class ClientStream extends EventEmitter {
   #upstreamFeatures: Element | undefined;
   /** Kept only between a cache-verified SASL success and the bind that needs a fresh link. */
   #pendingCred: PlainCredential | undefined;
+  /** A relayed login failed while the client had its turn: one late `<response/>` is ignored. */
+  #relayFailed = false;
   /** A relayed exchange waiting for the client's `<response/>` (RFC 6120 §6.4.3). */
   #relayWait: { resolve(data: string): void; reject(err: Error): void } | undefined;
   #authAttempts = 0;
@@ -414,6 +416,11 @@ export class ClientStream extends EventEmitter {
         // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here; nothing else before it.
         return this.fail(new StreamError('policy-violation', 'STARTTLS is required before anything else'));
       case 'sasl':
+        // The client's answer to a challenge of a relayed login that failed meanwhile (its upstream died): a race it could not avoid.
+        if (this.#relayFailed && el.is('response', NS.sasl)) {
+          this.#relayFailed = false;
+          return;
+        }
         if (el.is('auth', NS.sasl)) return this.#own(this.#authenticate(el), 'during SASL');
         if (el.is('abort', NS.sasl)) return this.#stream.write(`<failure xmlns='${NS.sasl}'><aborted/></failure>`);
         // As Prosody's mod_smacks answers them: nothing to enable or resume before SASL.
@@ -582,7 +589,9 @@ export class ClientStream extends EventEmitter {
       link = await this.#deps.relayLogin(relay, this.#domain!);
     } catch (err) {
       this.#state = 'sasl';
-      this.#relayWait = undefined; // the upstream may have died while the client had its turn
+      // The upstream may have died while the client had its turn: its answer may still come.
+      this.#relayFailed = this.#relayWait !== undefined;
+      this.#relayWait = undefined;
       if (this.#stream.closed) return;
       if (err instanceof SaslFailure) {
         this.log.info({ condition: err.condition, mechanism }, 'upstream refused the relayed login');

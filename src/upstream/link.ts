@@ -270,7 +270,7 @@ export class UpstreamLink extends EventEmitter {
       let successData = '';
       if (relay) {
         // Relayed as the client wrote it (base64 text unchanged): the proof covers every byte.
-        if (!offered.includes(relay.mechanism)) throw new SaslFailure('invalid-mechanism');
+        if (!offered.includes(relay.mechanism)) throw new SaslFailure('invalid-mechanism', undefined, offered);
         stream.write(`<auth xmlns='${NS.sasl}' mechanism='${relay.mechanism}'>${relay.initial}</auth>`);
       }
       // PLAIN in clear text only when the operator chose a plain link (loopback deployments).

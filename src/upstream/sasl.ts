@@ -27,7 +27,11 @@ export function chooseMechanism(offered: string[], allowPlain: boolean): Upstrea
 
 /** The upstream refused the login; `condition` is its RFC 6120 §6.5 SASL condition. */
 export class SaslFailure extends Error {
-  constructor(readonly condition: string, readonly text?: string) {
+  /**
+   * @param offered the server's mechanisms, when the failure is that the relayed one is not
+   *   among them (`invalid-mechanism`): the proxy learns the offer from it.
+   */
+  constructor(readonly condition: string, readonly text?: string, readonly offered?: readonly string[]) {
     super(`upstream SASL failure: ${condition}${text ? ` (${text})` : ''}`);
     this.name = 'SaslFailure';
   }
