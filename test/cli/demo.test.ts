@@ -105,7 +105,8 @@ t.test('a second signal: exit 1 at once, Prosody killed, temp dir removed', asyn
   demo.child.proc.kill('SIGTERM');
   const result = await demo.child.exited(MUST_EXIT_MS);
   t.same(result, { code: 1, signal: null }, 'exited with code 1');
-  t.match(demo.child.stdout(), /^\[[\d:.]+\] WARN: second signal, exiting without waiting signal=SIGTERM$/m);
+  // Two signals pending at once may be handled in either order (seen under load): whichever came second.
+  t.match(demo.child.stdout(), /^\[[\d:.]+\] WARN: second signal, exiting without waiting signal=SIG(?:INT|TERM)$/m);
   t.notOk(existsSync(demo.dir), 'the temp dir is removed');
   t.ok(await eventually(() => processGone(demo.prosodyPid), 10_000), 'Prosody is stopped');
 });

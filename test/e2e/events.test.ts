@@ -26,7 +26,7 @@ t.test('session lifecycle events carry the session and a cause from the fixed se
   const { client: first } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'ev' });
   first.send(`<enable xmlns='${SM}' resume='true'/>`);
   const enabled = await first.next((el) => el.name === 'enabled');
-  t.same(of('client-login').at(-1), ['client-login', 'success'], 'a login is an event');
+  t.same(of('client-login').at(-1), ['client-login', 'success', 'plain'], 'a login is an event, with its mode');
   t.same(of('session-started').at(-1), ['session-started', 'alice@proxy.test/ev']);
   t.same(of('sm-enabled').at(-1), ['sm-enabled', 'alice@proxy.test/ev', true]);
 
