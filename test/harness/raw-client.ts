@@ -20,8 +20,11 @@ const HEADER = (domain: string): string =>
   `<?xml version='1.0'?><stream:stream to='${domain}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>`;
 
 export class RawClient {
-  /** Default wait for an expected element (ms); tests under heavy load may raise it. */
-  static timeoutMs = 10_000;
+  /**
+   * Default wait for an expected element (ms): a patience, not a timing assertion (CI runs two
+   * files side by side; s2s with a crashed remote is slow under load). Tests may raise it.
+   */
+  static timeoutMs = 20_000;
   socket: net.Socket;
   readonly domain: string;
   /** Every top-level element received, in order. */
