@@ -515,12 +515,7 @@ export class ClientStream extends EventEmitter {
     const cred = parsePlain(el.element().getText(), this.#domain!);
     if ('condition' in cred) return this.#saslFailure(cred.condition);
     const bareJid = `${cred.username}@${prepDomain(this.#domain!)}`;
-    // Password guessing (mod_limit_auth, mod_fail2ban): no upstream login, no cache check.
-    const throttled = this.#deps.authThrottle.check(this.#admission.address, bareJid);
-    if (throttled) {
-      this.log.info({ account: bareJid }, `login refused: too many failed logins ${throttled === 'address' ? 'from this address' : 'for this account'}`);
-      return this.#saslFailure('temporary-auth-failure', 'too many failed logins, try again later');
-    }
+    if (this.#throttled(bareJid)) return;
     this.#state = 'authenticating';
     try {
       // A returning client (most often about to resume) needs no new upstream login.
@@ -567,11 +562,7 @@ export class ClientStream extends EventEmitter {
     const first = checkClientFirst(initial, this.#domain!);
     if ('condition' in first) return this.#saslFailure(first.condition, first.text);
     const bareJid = `${first.username}@${prepDomain(this.#domain!)}`;
-    const throttled = this.#deps.authThrottle.check(this.#admission.address, bareJid);
-    if (throttled) {
-      this.log.info({ account: bareJid }, `login refused: too many failed logins ${throttled === 'address' ? 'from this address' : 'for this account'}`);
-      return this.#saslFailure('temporary-auth-failure', 'too many failed logins, try again later');
-    }
+    if (this.#throttled(bareJid)) return;
     this.#state = 'authenticating';
     const relay: SaslRelay = {
       mechanism,
@@ -613,6 +604,18 @@ export class ClientStream extends EventEmitter {
     this.log = this.log.child({ account: this.bareJid });
     this.log.info({ mechanism }, 'authenticated upstream (relayed)');
     this.#deps.loginResult?.('success', this.#loginMode);
+  }
+
+  /**
+   * Password guessing (mod_limit_auth, mod_fail2ban): true, after answering
+   * `temporary-auth-failure`, while the address or the account is throttled; no upstream login then.
+   */
+  #throttled(bareJid: string): boolean {
+    const throttled = this.#deps.authThrottle.check(this.#admission.address, bareJid);
+    if (!throttled) return false;
+    this.log.info({ account: bareJid }, `login refused: too many failed logins ${throttled === 'address' ? 'from this address' : 'for this account'}`);
+    this.#saslFailure('temporary-auth-failure', 'too many failed logins, try again later');
+    return true;
   }
 
   /** RFC 6120 §6.4.5 `<failure/>` with `condition` and an optional `<text/>` (escaped). */
