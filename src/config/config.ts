@@ -394,9 +394,9 @@ const fields = z.strictObject({
   auth: section({
     mode: z
       .enum(['plain', 'scram-relay', 'auto'], { error: 'must be one of plain, scram-relay, auto' })
-      .default('plain')
+      .default('auto')
       .describe(
-        "How clients log in (design §4.1.3): plain offers SASL PLAIN only (the proxy logs in for the client and again after an upstream loss: the client never sees it); scram-relay offers the upstream's SCRAM mechanisms without -PLUS and relays the exchange to a new upstream login (no secret held; after an upstream loss the client's connection is closed and it resumes); auto offers both, each session in the mode of the mechanism its client chose.",
+        "How clients log in (design §4.1.3): plain offers SASL PLAIN only (the proxy logs in for the client and again after an upstream loss: the client never sees it); scram-relay offers the upstream's SCRAM mechanisms without -PLUS and relays the exchange to a new upstream login (no secret held; after an upstream loss the client's connection is closed and it resumes); auto (the default: nobody is locked out) offers both, each session in the mode of the mechanism its client chose.",
       ),
   }),
   push: section({

@@ -19,6 +19,7 @@ import { RawClient } from '../harness/raw-client.ts';
 import { Slixmpp, slixmppVersion } from '../harness/slixmpp.ts';
 import { RawScram } from '../harness/scram-client.ts';
 import type { Session } from '../../src/session/session.ts';
+import { DEFAULTS } from '../../src/config/config.ts';
 
 const CAROL = { user: 'carol', password: 'carol-pw' };
 const prosody = await startProsody({ tls: 'required', accounts: [...ACCOUNTS, CAROL] });
@@ -28,7 +29,8 @@ t.teardown(() => prosody.stop());
 const UPSTREAM = { ...FAST_UPSTREAM, connectTimeoutSeconds: 10 };
 const relayProxy = await startTestProxy(prosody, { upstream: UPSTREAM, auth: { mode: 'scram-relay' } });
 t.teardown(() => relayProxy.close());
-const autoProxy = await startTestProxy(prosody, { upstream: UPSTREAM, auth: { mode: 'auto' } });
+// The default mode (auto), as a proxy without an auth section runs it.
+const autoProxy = await startTestProxy(prosody, { upstream: UPSTREAM, auth: { mode: DEFAULTS.auth.mode } });
 t.teardown(() => autoProxy.close());
 
 const logins: Array<[proxy: string, result: string, mode: string]> = [];
@@ -241,6 +243,7 @@ t.test("the upstream is lost while a relayed session hibernates: the client's re
 });
 
 t.test('auth.mode auto: PLAIN and SCRAM offered; through one upstream restart the PLAIN client sees nothing, the SCRAM client resumes once (issue 14 §3, §5)', async (t) => {
+  t.equal(DEFAULTS.auth.mode, 'auto', 'auto is the default mode: a client that pinned SCRAM is not locked out');
   // alice logs in with PLAIN (@xmpp/client told to), bob with SCRAM-SHA-1 (@xmpp/client's choice).
   let offered: string[] = [];
   const alice = xmppClient({
