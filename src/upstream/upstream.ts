@@ -64,7 +64,8 @@ const STABLE_LINK_MS = 30_000;
  * A stanza tried alone that was in flight each time the server closed the link, this many times
  * in a row, is rejected (once is enough when the server said so with a stream error): a server
  * that drops the connection over a stanza, its stream error lost to a TCP reset, is told apart
- * from a network drop that happened to meet it.
+ * from a network drop that happened to meet it. A link lost with nothing in flight (during its
+ * setup, or half-open) breaks the row: the network is failing whatever the stanza is.
  */
 const STRIKES = 2;
 
@@ -330,7 +331,7 @@ export class Upstream extends EventEmitter {
         if (alone || (how.rejectedInput && suspects === 1)) {
           if (how.rejectedInput || ++this.#strikes >= STRIKES) return this.#reject(condition);
         } else this.custody.isolate(suspects);
-      }
+      } else this.#strikes = 0;
       this.#downSince = Date.now();
       // A link that dies soon after it came up keeps the backoff growing (no login storm).
       if (this.#downSince - this.#upSince >= STABLE_LINK_MS) this.#nextDelayMs = this.#deps.reconnect.initialDelayMs;
@@ -387,6 +388,7 @@ export class Upstream extends EventEmitter {
         return;
       } catch (err) {
         if (err instanceof SaslFailure) return this.#giveUp(`the server refused the login (${err.condition})`, 'refused');
+        this.#strikes = 0; // see STRIKES: a failed setup breaks the row
         log.info({ attempt }, `upstream reconnect failed: ${(err as Error).message}`);
       }
     }

@@ -1,0 +1,54 @@
+/**
+ * A network that keeps dropping the upstream link just as one stanza is in flight is not a
+ * server rejecting that stanza (issue 10 §2a's heuristic, seen misfiring under load in
+ * faults.test.ts's ten drops in a row): a link lost during its setup, with nothing in flight,
+ * breaks the row of strikes. Deterministic: the relay resets a link when it sees the proxy send
+ * the stanza (plain-text upstream), or its SASL `<auth>` (a setup that fails).
+ */
+import t from 'tap';
+import { startProsody } from '../harness/prosody.ts';
+import { ACCOUNTS, startTestProxy, waitFor } from '../harness/proxy.ts';
+import { TcpRelay } from '../harness/tcp-relay.ts';
+import { RawClient } from '../harness/raw-client.ts';
+import { FAST_UPSTREAM, sessionOf } from '../harness/chat.ts';
+
+t.test('drops that meet the same stanza twice, with a failed setup between them: the stanza is delivered, the session lives', async (t) => {
+  const prosody = await startProsody({ tls: 'none', accounts: ACCOUNTS });
+  t.teardown(() => prosody.stop());
+  const relay = await TcpRelay.start(prosody.c2sPort);
+  t.teardown(() => relay.close());
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port, tls: 'none' } });
+  t.teardown(() => tp.close());
+
+  const { client: bob } = await RawClient.login({ port: tp.port, user: 'bob', password: 'bob-pw', resource: 'r' });
+  t.teardown(() => bob.destroy());
+  bob.send('<presence/>');
+  const { client: alice } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'a' });
+  t.teardown(() => alice.destroy());
+  alice.send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`);
+  await alice.next((el) => el.name === 'enabled');
+  const session = sessionOf(tp, 'alice@proxy.test/a');
+  const ended: string[] = [];
+  session.on('ended', (info: { cause: string }) => ended.push(info.cause));
+
+  // Each fault is armed once the one before it has fired (one pattern per link).
+  const faults = [/id='victim'/, /id='victim'/, /<auth /, /id='victim'/];
+  relay.killOn(faults[0]!);
+  alice.send(`<message to='bob@proxy.test/r' type='chat' id='victim'><body>victim</body></message>`);
+  for (let i = 1; i < faults.length; i++) {
+    await waitFor(() => relay.killed === i, `fault ${i} fired`, 20_000);
+    relay.killOn(faults[i]!);
+  }
+  await waitFor(() => relay.killed === faults.length, 'every fault fired', 20_000);
+  const got = await bob.next((el) => el.name === 'message' && el.attrs.id === 'victim', 20_000);
+  t.equal(got.getChildText('body'), 'victim', 'bob got the stanza after four lost links');
+  t.same(ended, [], 'the session did not end');
+  t.ok(tp.proxy.sessions.has(session), "alice's session lives");
+  // Custody: the ack may trail bob's copy (an unrequested <a/> follows the server's confirmation).
+  alice.send(`<r xmlns='urn:xmpp:sm:3'/>`);
+  const ack = await alice.next((el) => el.name === 'a' && el.attrs.h !== '0');
+  t.equal(ack.attrs.h, '1', 'and is acked once the server has it');
+  t.notOk(alice.received.some((el) => el.name === 'stream:error'), 'alice saw no stream error');
+  await waitFor(() => session.upstreamLinked, 'linked again');
+  t.equal(bob.received.filter((el) => el.name === 'message' && el.attrs.id === 'victim').length, 1, 'once');
+});
