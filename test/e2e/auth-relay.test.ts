@@ -5,7 +5,8 @@
 // the client resumes with a new relayed login and nothing is lost or duplicated.
 import t from 'tap';
 import { startProsody } from '../harness/prosody.ts';
-import { startTestProxy, waitFor, ACCOUNTS } from '../harness/proxy.ts';
+import { startTestProxy, waitFor, ACCOUNTS, clientFor, bodiesOf } from '../harness/proxy.ts';
+import { xml } from '@xmpp/client';
 import { FAST_UPSTREAM, chatPair, count, sessionOf, sleep } from '../harness/chat.ts';
 import { RawClient } from '../harness/raw-client.ts';
 
@@ -46,6 +47,41 @@ t.test('@xmpp/client logs in with SCRAM-SHA-1 relayed, chats, and resumes across
   for (let i = 1; i <= 5; i++) t.equal(count(aliceGot, `b${i}`), 1, `b${i} reached alice once`);
   t.ok(aliceDrops >= 1, 'alice saw her connection closed and came back');
   t.equal(sessionOf(tp, 'alice@proxy.test/a'), aliceSession, 'the same session resumed');
+  await alice.stop();
+  await bob.stop();
+});
+
+t.test("@xmpp/client's network drops in relay mode: it logs in again (relayed, used as proof only) and resumes; the upstream link was never touched, 30 messages once, in order (issue 14 §2, §5)", async (t) => {
+  const alice = clientFor(tp, 'alice', 'alice-pw', { resource: 'phone' });
+  const bob = clientFor(tp, 'bob', 'bob-pw', { resource: 'desk' });
+  const aliceGot = bodiesOf(alice);
+  await alice.start();
+  await bob.start();
+  await waitFor(() => sessionOf(tp, 'alice@proxy.test/phone').sm.enabled, 'SM enabled');
+  const session = sessionOf(tp, 'alice@proxy.test/phone');
+  t.ok(session.relayed, 'relayed: the proxy holds no credential');
+  let upstreamDrops = 0;
+  session.on('upstream-down', () => upstreamDrops++);
+  const smId = alice.streamManagement.id;
+
+  alice.reconnect.stop();
+  const hibernating = new Promise((resolve) => session.once('hibernating', resolve));
+  alice.socket.socket.destroy();
+  await hibernating;
+  const bodies = Array.from({ length: 30 }, (_, i) => `while away ${i + 1}`);
+  for (const body of bodies) await bob.send(xml('message', { to: 'alice@proxy.test/phone', type: 'chat' }, xml('body', {}, body)));
+  await waitFor(() => session.sm.queue.length >= 30, 'the proxy queues the 30');
+
+  const resumed = new Promise((resolve) => alice.streamManagement.once('resumed', resolve));
+  await alice.reconnect.reconnect();
+  await resumed;
+  t.equal(alice.streamManagement.id, smId, 'the same SM session');
+  t.equal(sessionOf(tp, 'alice@proxy.test/phone'), session, 'the same proxy session');
+  await waitFor(() => aliceGot.length >= 30, 'alice gets the 30');
+  await sleep(300);
+  t.same(aliceGot, bodies, 'each once, in order');
+  t.equal(upstreamDrops, 0, 'the upstream link stayed up throughout (the new login was proof only)');
+  t.ok(session.upstreamLinked, 'and is still the link');
   await alice.stop();
   await bob.stop();
 });
