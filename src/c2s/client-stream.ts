@@ -340,11 +340,6 @@ export class ClientStream extends EventEmitter {
   }
 
   /**
-   * After a resume the upstream link opened for this login is not needed: closes it and returns
-   * the password the server has just accepted (undefined when the login was checked against the
-   * cache instead).
-   */
-  /**
    * Hands the upstream link opened for this login to a resumed session whose own link is down
    * (a relayed login, design §4.1.3); the stream no longer owns it.
    */
@@ -355,6 +350,11 @@ export class ClientStream extends EventEmitter {
     return link;
   }
 
+  /**
+   * After a resume the upstream link opened for this login is not needed: closes it and returns
+   * the password the server has just accepted (undefined when the login was checked against the
+   * cache instead).
+   */
   closeSpareLink(): PlainCredential | undefined {
     const link = this.#link;
     link?.close();
@@ -642,6 +642,9 @@ export class ClientStream extends EventEmitter {
   async #bind(iq: Element): Promise<void> {
     this.#state = 'binding';
     if (!this.#link) {
+      // A relayed login that went to the session this stream tried to resume (which then
+      // ended): no credential to log in with again, so the client must.
+      if (!this.#pendingCred) return this.fail(new StreamError('remote-connection-failed', 'the upstream login of this stream is gone: log in again'));
       // Verified against a live session, but binding a new resource needs its own login.
       try {
         this.#adoptLink(await this.#deps.login(this.#pendingCred!, this.#domain!));

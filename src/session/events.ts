@@ -54,9 +54,11 @@ export type EndCause = (typeof END_CAUSES)[number];
  * - `invalid-h`: the `h` cannot be right (the session ends);
  * - `superseded`: a later resume of the same session took over;
  * - `ended`: the session ended while the resume waited for the server;
- * - `client-left`: the resuming client closed its connection meanwhile.
+ * - `client-left`: the resuming client closed its connection meanwhile;
+ * - `no-upstream`: a relayed session's link is down and the client's new login could not
+ *   become it (design §4.1.3): the connection is closed unanswered, and the client tries again.
  */
-export const RESUME_FAILURES = ['unknown-id', 'expired', 'bad-request', 'overflowed', 'invalid-h', 'superseded', 'ended', 'client-left'] as const;
+export const RESUME_FAILURES = ['unknown-id', 'expired', 'bad-request', 'overflowed', 'invalid-h', 'superseded', 'ended', 'client-left', 'no-upstream'] as const;
 
 /** One of {@link RESUME_FAILURES}. */
 export type ResumeFailure = (typeof RESUME_FAILURES)[number];

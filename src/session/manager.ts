@@ -171,8 +171,8 @@ export class SessionManager {
     }
     // A session whose upstream link is down takes the client's new login as its link (a relayed
     // login's session cannot log in by itself, design §4.1.3); a live link stays, the login was proof.
-    const login = session.relayed && !session.upstreamLinked ? client.takeLink() : undefined;
-    if (!(await session.resume(client, el, login))) return false;
+    const takeLogin = session.relayed && !session.upstreamLinked ? () => client.takeLink() : undefined;
+    if (!(await session.resume(client, el, takeLogin))) return false;
     // Logged in for real (no cache, or a stale one): the session keeps the fresher credential.
     const fresh = client.closeSpareLink();
     if (fresh) session.renewCredential(fresh);

@@ -484,19 +484,21 @@ export class Session extends EventEmitter {
    * of several resumes in flight only the latest attaches, the others get `conflict`.
    * Resolves false after answering `<failed/>` (the client stream stays unbound and may bind
    * instead) or when the client left or was superseded meanwhile.
+   * @param takeLogin hands over the client's new upstream login (a relayed session whose link is
+   *   down, design §4.1.3); called only once the resume goes ahead, so a client answered
+   *   `<failed/>` keeps its login to bind with.
    */
-  async resume(client: ClientStream, el: TopLevel, login?: UpstreamLink): Promise<boolean> {
+  async resume(client: ClientStream, el: TopLevel, takeLogin?: () => UpstreamLink | undefined): Promise<boolean> {
     const h = parseH(el.attrs.h);
     if (h === undefined) {
-      login?.close();
       client.write(failed('bad-request'));
       return this.#resumeFailed('bad-request');
     }
     if (this.sm.overflowed) {
-      login?.close();
       client.write(failed('resource-constraint'));
       return this.#resumeFailed('overflowed');
     }
+    const login = takeLogin?.();
     const seq = ++this.#resumeSeq;
     const old = this.#detach();
     if (old) {
@@ -505,7 +507,14 @@ export class Session extends EventEmitter {
     }
     // The link is down and the client logged in again (relayed, design §4.1.3): its new login
     // replaces the link first, so that the held stanzas are confirmed before <resumed h/>.
-    if (login) await this.#upstream.adopt(login);
+    if (login && !(await this.#upstream.adopt(login)) && this.#upstream.relayed && !this.#upstream.linked && seq === this.#resumeSeq && !this.#ended) {
+      // The new login dropped while it was being set up as the link, and only the client can
+      // log in again: its connection is closed unanswered (the session stays hibernated) and it
+      // tries again, as after any loss of a relayed link.
+      this.emit('relay-reconnect');
+      client.destroy();
+      return this.#resumeFailed('no-upstream');
+    }
     // The h in <resumed/> must cover every stanza already relayed, or the client sends them
     // again: wait for the server to confirm them.
     const settled = this.#upstream.linked && (await this.#upstream.custody.settled());
