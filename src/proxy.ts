@@ -9,8 +9,9 @@ import { listenC2s } from './c2s/listener.ts';
 import { ConnectionGate } from './c2s/connection-gate.ts';
 import { AuthThrottle } from './c2s/auth-throttle.ts';
 import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
-import { SaslFailure, UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
+import { SaslFailure, UpstreamLink, type SaslRelay, type UpstreamOptions } from './upstream/link.ts';
 import { LoginLimiter } from './upstream/login-limiter.ts';
+import { withLoginRetry, type LoginRetryOptions } from './upstream/login-retry.ts';
 import { clientMechanisms } from './c2s/scram-relay.ts';
 import { SessionRegistry } from './sm/registry.ts';
 import type { Session } from './session/session.ts';
@@ -25,6 +26,9 @@ import { PushRegistrations } from './push/registrations.ts';
 import { startMetricsServer, type MetricsServer } from './metrics/server.ts';
 import type { Store } from './storage/store.ts';
 import { StreamError } from './xml/stream-error.ts';
+
+/** Longest wait between two attempts of a client's login while the upstream is unreachable (ms). */
+const LOGIN_RETRY_MAX_DELAY_MS = 2000;
 
 /** A running proxy. */
 export interface Proxy {
@@ -113,6 +117,17 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     limits: { maxStanzaBytes: Math.max(config.limits.maxStanzaBytes * 4, 1 << 20), maxDepth: config.limits.maxDepth * 2 },
   });
 
+  /**
+   * A client's login while the upstream cannot be reached is tried again for as long as one
+   * attempt may take (login-retry.ts): a restarting server is back within that.
+   */
+  const loginRetry = (signal: AbortSignal | undefined): LoginRetryOptions => ({
+    windowMs: config.upstream.connectTimeoutSeconds * 1000,
+    delayMs: config.upstream.reconnectDelayMs,
+    maxDelayMs: LOGIN_RETRY_MAX_DELAY_MS,
+    signal,
+  });
+
   // Design §4.1.3: the SCRAM mechanisms offered to clients are the upstream's, as last seen.
   let upstreamMechanisms: readonly string[] | undefined;
   const learnMechanisms = (link: UpstreamLink): UpstreamLink => {
@@ -182,16 +197,22 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
     log,
     negotiationTimeoutMs: config.limits.c2sTimeoutSeconds * 1000,
     authThrottle: new AuthThrottle({ maxFailures: config.limits.maxAuthFailures, periodMs: config.limits.authFailurePeriodSeconds * 1000, log }),
-    login: (cred, domain) => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)).then(learnMechanisms),
+    login: (cred, domain, signal) =>
+      withLoginRetry(() => logins.run(() => UpstreamLink.open(upstreamOptions(domain), cred)), () => false, loginRetry(signal)).then(learnMechanisms),
     mechanisms: () => {
       if (upstreamMechanisms === undefined) probeMechanisms();
       return clientMechanisms(config.auth.mode, upstreamMechanisms);
     },
-    relayLogin: (relay, domain) =>
-      logins.run(() => UpstreamLink.open(upstreamOptions(domain), relay)).then(learnMechanisms, (err: unknown) => {
+    relayLogin: (relay, domain) => {
+      // Until the client has the server's first challenge, its first message may go to another connection.
+      let challenged = false;
+      const tracked: SaslRelay = { ...relay, challenge: (data) => ((challenged = true), relay.challenge(data)) };
+      const attempt = () => logins.run(() => UpstreamLink.open(upstreamOptions(domain), tracked));
+      return withLoginRetry(attempt, () => challenged, loginRetry(relay.signal)).then(learnMechanisms, (err: unknown) => {
         if (err instanceof SaslFailure && err.offered) upstreamMechanisms = err.offered;
         throw err;
-      }),
+      });
+    },
     loginResult: (result, mode) => manager.emit('client-login', result, mode),
     verifyCached: async (cred, bareJid) => manager.verifyCached(cred, bareJid),
     takeover: (bareJid, resource) => manager.takeover(bareJid, resource),

@@ -11,7 +11,7 @@ import { XmlStream } from '../xml/xml-stream.ts';
 import { StreamError } from '../xml/stream-error.ts';
 import { NS, streamHeader } from '../xml/stream-header.ts';
 import type { StreamLimits } from '../xml/stream-parser.ts';
-import { SaslFailure, type SaslRelay, type UpstreamLink } from '../upstream/link.ts';
+import { SaslFailure, UpstreamError, type SaslRelay, type UpstreamLink } from '../upstream/link.ts';
 import type { PlainCredential } from '../upstream/sasl.ts';
 import type { Handover } from '../session/handover.ts';
 import { prepDomain } from '../jid.ts';
@@ -53,10 +53,11 @@ export interface ClientStreamDeps {
    */
   authThrottle: AuthThrottle;
   /**
-   * Logs in upstream as the client (design §4.1.2).
+   * Logs in upstream as the client (design §4.1.2), trying again for a while when the upstream
+   * cannot be reached; `signal` aborts when the client leaves.
    * @throws SaslFailure (the upstream's verdict) or UpstreamError (unreachable).
    */
-  login(cred: PlainCredential, domain: string): Promise<UpstreamLink>;
+  login(cred: PlainCredential, domain: string, signal?: AbortSignal): Promise<UpstreamLink>;
   /**
    * The SASL mechanisms offered to clients (`auth.mode`, design §4.1.3): PLAIN (the proxy logs in
    * for the client and can do so again), and the upstream's SCRAM mechanisms without -PLUS,
@@ -127,6 +128,8 @@ export class ClientStream extends EventEmitter {
   #pendingCred: PlainCredential | undefined;
   /** A relayed login failed while the client had its turn: one late `<response/>` is ignored. */
   #relayFailed = false;
+  /** Aborted when the connection closes: no further upstream login attempt for it. */
+  readonly #gone = new AbortController();
   /** A relayed exchange waiting for the client's `<response/>` (RFC 6120 §6.4.3). */
   #relayWait: { resolve(data: string): void; reject(err: Error): void } | undefined;
   #authAttempts = 0;
@@ -524,7 +527,7 @@ export class ClientStream extends EventEmitter {
         this.#upstreamFeatures = cachedFeatures;
         this.#pendingCred = cred;
       } else {
-        this.#adoptLink(await this.#deps.login(cred, this.#domain!));
+        this.#adoptLink(await this.#deps.login(cred, this.#domain!, this.#gone.signal));
       }
       if (this.#stream.closed) return this.#link?.close();
       this.bareJid = bareJid;
@@ -547,7 +550,20 @@ export class ClientStream extends EventEmitter {
       } else {
         this.log.warn(`upstream login failed: ${(err as Error).message}`);
         this.#saslFailure('temporary-auth-failure');
+        this.#unreachable(err);
       }
+    }
+  }
+
+  /**
+   * After `temporary-auth-failure` for an upstream that stayed unreachable through the retries:
+   * the stream is closed (RFC 6120 §4.9.3.16 `remote-connection-failed`) so that the client
+   * reconnects with its own backoff, rather than sit on the connection until the negotiation
+   * deadline (@xmpp/client does not try SASL again by itself).
+   */
+  #unreachable(err: unknown): void {
+    if (err instanceof UpstreamError && err.transient && !this.#stream.closed) {
+      this.fail(new StreamError('remote-connection-failed', 'the server cannot be reached at the moment: try again later'));
     }
   }
 
@@ -564,10 +580,13 @@ export class ClientStream extends EventEmitter {
     const bareJid = `${first.username}@${prepDomain(this.#domain!)}`;
     if (this.#throttled(bareJid)) return;
     this.#state = 'authenticating';
+    let challenged = false;
     const relay: SaslRelay = {
       mechanism,
       initial,
+      signal: this.#gone.signal,
       challenge: (data) => {
+        challenged = true;
         if (this.#stream.closed) return Promise.reject(new Error('the client left during SASL'));
         this.#stream.write(`<challenge xmlns='${NS.sasl}'>${data}</challenge>`);
         return new Promise<string>((resolve, reject) => {
@@ -590,7 +609,10 @@ export class ClientStream extends EventEmitter {
         return this.#saslFailure(err.condition, err.text);
       }
       this.log.warn(`relayed upstream login failed: ${(err as Error).message}`);
-      return this.#saslFailure('temporary-auth-failure');
+      this.#saslFailure('temporary-auth-failure');
+      // Died mid-exchange: one broken connection, the client may try again on this stream.
+      if (!challenged) this.#unreachable(err);
+      return;
     }
     if (this.#stream.closed) return link.close();
     this.#adoptLink(link);
@@ -647,7 +669,7 @@ export class ClientStream extends EventEmitter {
       if (!this.#pendingCred) return this.fail(new StreamError('remote-connection-failed', 'the upstream login of this stream is gone: log in again'));
       // Verified against a live session, but binding a new resource needs its own login.
       try {
-        this.#adoptLink(await this.#deps.login(this.#pendingCred!, this.#domain!));
+        this.#adoptLink(await this.#deps.login(this.#pendingCred!, this.#domain!, this.#gone.signal));
       } catch (err) {
         this.log.warn(`upstream login for bind failed: ${(err as Error).message}`);
         return this.fail(new StreamError(err instanceof SaslFailure ? 'not-authorized' : 'remote-connection-failed', 'the upstream login failed'));
@@ -687,6 +709,7 @@ export class ClientStream extends EventEmitter {
   #onClose(): void {
     const wasEstablished = this.#state === 'established';
     this.#state = 'closed';
+    this.#gone.abort();
     clearTimeout(this.#deadline);
     this.#admission.release();
     this.#owner = undefined;

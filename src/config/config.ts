@@ -194,7 +194,11 @@ const fields = z.strictObject({
     acceptSelfSigned: bool
       .default(false)
       .describe('Accept any upstream certificate, self-signed included (explicit opt-in; loopback only).'),
-    connectTimeoutSeconds: seconds(1).default(10).describe('Give up connecting after this long (seconds).'),
+    connectTimeoutSeconds: seconds(1)
+      .default(10)
+      .describe(
+        "Give up connecting after this long; also how long a client's login keeps trying an unreachable upstream, and the limit of a relayed login including the client's turns (seconds).",
+      ),
     keepaliveSeconds: seconds(1)
       .default(15)
       .describe(

@@ -81,6 +81,17 @@ export interface UpstreamOptions {
 /** The upstream could not be reached or broke the protocol (not a verdict on the credential). */
 export class UpstreamError extends Error {
   override name = 'UpstreamError';
+
+  /**
+   * @param transient the server could not be reached, timed out or dropped the connection: it
+   *   may work a moment later (a restart), unlike a TLS or protocol failure (a misconfiguration).
+   */
+  constructor(
+    message: string,
+    readonly transient = false,
+  ) {
+    super(message);
+  }
 }
 
 /** `open()` stops after the server's SASL offer (see {@link UpstreamLink.mechanisms}). */
@@ -107,6 +118,8 @@ export interface SaslRelay {
    * @throws SaslFailure('aborted') when the client aborts, or another error when it leaves.
    */
   challenge(data: string): Promise<string>;
+  /** Aborted when the client leaves (no new upstream attempt for it). */
+  readonly signal?: AbortSignal;
 }
 
 /**
@@ -234,11 +247,11 @@ export class UpstreamLink extends EventEmitter {
     socket.setNoDelay(true);
     const stream = new XmlStream(socket, options.limits);
     const reader = new Reader(stream);
-    const timer = setTimeout(() => reader.abort(new UpstreamError(`upstream negotiation timed out after ${options.timeoutMs} ms`)), options.timeoutMs);
+    const timer = setTimeout(() => reader.abort(new UpstreamError(`upstream negotiation timed out after ${options.timeoutMs} ms`, true)), options.timeoutMs);
     try {
       await new Promise<void>((resolve, reject) => {
         socket.once('connect', resolve);
-        socket.once('error', (err) => reject(new UpstreamError(`cannot connect to upstream ${options.host}:${options.port}: ${err.message}`)));
+        socket.once('error', (err) => reject(new UpstreamError(`cannot connect to upstream ${options.host}:${options.port}: ${err.message}`, true)));
       });
       let secure = false;
       let features = await reader.open(options.domain);
@@ -513,7 +526,7 @@ class Reader {
       w.resolve(el);
     } else this.#queue.push(el);
   };
-  readonly #onClose = (): void => this.abort(new UpstreamError('upstream closed the connection during negotiation'));
+  readonly #onClose = (): void => this.abort(new UpstreamError('upstream closed the connection during negotiation', true));
   readonly #onStreamError = (err: Error): void => this.abort(new UpstreamError(`upstream sent bad XML: ${err.message}`));
 
   constructor(stream: XmlStream) {

@@ -19,8 +19,10 @@ const DOMAIN = 'cli.test';
 const fingerprint = (client: RawClient): string => (client.socket as TLSSocket).getPeerCertificate().fingerprint256;
 
 /** An answer on an open stream: SASL PLAIN towards an upstream nobody listens on fails softly. */
+/** A SASL round trip the proxy answers by itself (a mechanism it does not offer): the stream is served. */
 async function answers(client: RawClient): Promise<string> {
-  const answer = await client.auth('alice', 'secret');
+  client.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NONE'>=</auth>`);
+  const answer = await client.next((el) => el.name === 'success' || el.name === 'failure');
   return answer.name;
 }
 
@@ -36,7 +38,7 @@ t.test('SIGHUP reloads the PEM pair without dropping connections', async (t) => 
   const starttls = await freePort();
   const direct = await freePort();
   const config = path.join(dir, 'config.yaml');
-  // Port 1 on loopback: nothing listens there, so a login fails with temporary-auth-failure.
+  // Port 1 on loopback: nothing listens there (the proxy needs no upstream to answer `answers`).
   writeFileSync(
     config,
     [

@@ -46,15 +46,12 @@ t.teardown(async () => {
   await carol.stop().catch(() => {});
 });
 
-t.test('the upstream dies during SASL: the client gets temporary-auth-failure and can log in again', async (t) => {
+t.test('the upstream dies during SASL: the proxy logs in again on a new connection, the client sees only success', async (t) => {
   relay.killOn(/<auth /);
   const c = await RawClient.tls({ port: tp.port });
   const answer = await c.auth('alice', 'alice-pw');
-  t.equal(answer.name, 'failure');
-  t.ok(answer.getChild('temporary-auth-failure'), 'temporary-auth-failure');
   t.equal(relay.killed, 1, 'the fault happened');
-  const again = await c.auth('alice', 'alice-pw');
-  t.equal(again.name, 'success', 'a second attempt on the same stream logs in');
+  t.equal(answer.name, 'success', 'the login was tried again (the proxy holds the password) and succeeded');
   c.send('</stream:stream>');
 });
 
