@@ -46,9 +46,11 @@ t.test('no new attempt once the window is over', async (t) => {
 t.test('the client leaving stops the retries, also during a wait', async (t) => {
   const gone = new AbortController();
   const { state, attempt } = attempts(Array.from({ length: 100 }, () => new UpstreamError('refused', true)));
-  const login = withLoginRetry(attempt, () => false, { windowMs: 60_000, delayMs: 60_000, maxDelayMs: 60_000, signal: gone.signal });
+  const login = withLoginRetry(attempt, () => false, { windowMs: 600_000, delayMs: 60_000, maxDelayMs: 60_000, signal: gone.signal });
+  const rejected = t.rejects(login, { message: 'refused' });
   await new Promise((resolve) => setImmediate(resolve));
+  t.equal(state.calls, 1, 'waiting after the first attempt');
   gone.abort();
-  await t.rejects(login, { message: 'refused' });
+  await rejected;
   t.equal(state.calls, 1, 'the wait ended with the abort, and no attempt followed');
 });
