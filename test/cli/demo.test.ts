@@ -48,6 +48,7 @@ async function connectBob(t: { teardown(fn: () => unknown): void }, demo: Demo) 
     domain: 'demo.test',
     username: 'bob',
     password: demo.bobPassword,
+    timeout: 15_000, // per negotiation step; the default 2 s failed under load in CI
   });
   xmpp.on('error', () => {});
   t.teardown(() => xmpp.stop().catch(() => {}));

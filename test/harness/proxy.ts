@@ -79,7 +79,9 @@ export async function startTestProxy(prosody: UpstreamServer, overrides: DeepPar
 /** An @xmpp/client for `user` through the proxy (STARTTLS, or direct TLS with `direct`). */
 export function clientFor(tp: TestProxy, user: string, password: string, opts: { resource?: string; direct?: boolean } = {}) {
   const service = opts.direct ? `xmpps://127.0.0.1:${tp.tlsPort}` : `xmpp://127.0.0.1:${tp.port}`;
-  const xmpp = xmppClient({ service, domain: tp.config.domains[0], username: user, password, resource: opts.resource });
+  // timeout: @xmpp/client's default of 2 s per negotiation step fails under load (CI: two test
+  // files side by side on 2 cores); it bounds steps, it measures nothing here.
+  const xmpp = xmppClient({ service, domain: tp.config.domains[0], username: user, password, resource: opts.resource, timeout: 15_000 });
   xmpp.on('error', () => {});
   return xmpp;
 }
