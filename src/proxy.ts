@@ -9,7 +9,7 @@ import { listenC2s } from './c2s/listener.ts';
 import { ConnectionGate } from './c2s/connection-gate.ts';
 import { AuthThrottle } from './c2s/auth-throttle.ts';
 import { ClientStream, type ClientStreamDeps } from './c2s/client-stream.ts';
-import { SaslFailure, UpstreamLink, type SaslRelay, type UpstreamOptions } from './upstream/link.ts';
+import { SaslFailure, UpstreamLink, type UpstreamOptions } from './upstream/link.ts';
 import { LoginLimiter } from './upstream/login-limiter.ts';
 import { withLoginRetry, type LoginRetryOptions } from './upstream/login-retry.ts';
 import { clientMechanisms } from './c2s/scram-relay.ts';
@@ -203,16 +203,15 @@ export async function startProxy(config: Config, log: Logger): Promise<Proxy> {
       if (upstreamMechanisms === undefined) probeMechanisms();
       return clientMechanisms(config.auth.mode, upstreamMechanisms);
     },
-    relayLogin: (relay, domain) => {
+    relayLogin: (relay, domain) =>
       // Until the client has the server's first challenge, its first message may go to another connection.
-      let challenged = false;
-      const tracked: SaslRelay = { ...relay, challenge: (data) => ((challenged = true), relay.challenge(data)) };
-      const attempt = () => logins.run(() => UpstreamLink.open(upstreamOptions(domain), tracked));
-      return withLoginRetry(attempt, () => challenged, loginRetry(relay.signal)).then(learnMechanisms, (err: unknown) => {
-        if (err instanceof SaslFailure && err.offered) upstreamMechanisms = err.offered;
-        throw err;
-      });
-    },
+      withLoginRetry(() => logins.run(() => UpstreamLink.open(upstreamOptions(domain), relay)), () => relay.challenged, loginRetry(relay.signal)).then(
+        learnMechanisms,
+        (err: unknown) => {
+          if (err instanceof SaslFailure && err.offered) upstreamMechanisms = err.offered;
+          throw err;
+        },
+      ),
     loginResult: (result, mode) => manager.emit('client-login', result, mode),
     verifyCached: async (cred, bareJid) => manager.verifyCached(cred, bareJid),
     takeover: (bareJid, resource) => manager.takeover(bareJid, resource),

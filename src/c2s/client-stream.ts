@@ -585,6 +585,9 @@ export class ClientStream extends EventEmitter {
       mechanism,
       initial,
       signal: this.#gone.signal,
+      get challenged() {
+        return challenged;
+      },
       challenge: (data) => {
         challenged = true;
         if (this.#stream.closed) return Promise.reject(new Error('the client left during SASL'));
@@ -669,7 +672,7 @@ export class ClientStream extends EventEmitter {
       if (!this.#pendingCred) return this.fail(new StreamError('remote-connection-failed', 'the upstream login of this stream is gone: log in again'));
       // Verified against a live session, but binding a new resource needs its own login.
       try {
-        this.#adoptLink(await this.#deps.login(this.#pendingCred!, this.#domain!, this.#gone.signal));
+        this.#adoptLink(await this.#deps.login(this.#pendingCred, this.#domain!, this.#gone.signal));
       } catch (err) {
         this.log.warn(`upstream login for bind failed: ${(err as Error).message}`);
         return this.fail(new StreamError(err instanceof SaslFailure ? 'not-authorized' : 'remote-connection-failed', 'the upstream login failed'));

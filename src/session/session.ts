@@ -507,7 +507,8 @@ export class Session extends EventEmitter {
     }
     // The link is down and the client logged in again (relayed, design §4.1.3): its new login
     // replaces the link first, so that the held stanzas are confirmed before <resumed h/>.
-    if (login && !(await this.#upstream.adopt(login)) && this.#upstream.relayed && !this.#upstream.linked && seq === this.#resumeSeq && !this.#ended) {
+    const relinked = login === undefined || (await this.#upstream.adopt(login));
+    if (!relinked && !this.#upstream.linked && seq === this.#resumeSeq && !this.#ended) {
       // The new login dropped while it was being set up as the link, and only the client can
       // log in again: its connection is closed unanswered (the session stays hibernated) and it
       // tries again, as after any loss of a relayed link.

@@ -120,6 +120,11 @@ export interface SaslRelay {
   challenge(data: string): Promise<string>;
   /** Aborted when the client leaves (no new upstream attempt for it). */
   readonly signal?: AbortSignal;
+  /**
+   * True once a server challenge went to the client: its next message is bound to that
+   * connection's nonce (RFC 5802 §5), so the exchange cannot move to another connection.
+   */
+  readonly challenged: boolean;
 }
 
 /**

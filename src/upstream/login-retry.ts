@@ -5,6 +5,7 @@
  * would wait out its own backoff, or sit on its connection until the negotiation deadline;
  * tried again here for a few seconds, its login is only slower.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { UpstreamError } from './link.ts';
 
 /** How a login is tried again. Times in milliseconds. */
@@ -35,21 +36,9 @@ export async function withLoginRetry<T>(attempt: () => Promise<T>, committed: ()
       return await attempt();
     } catch (err) {
       if (!(err instanceof UpstreamError && err.transient) || committed() || options.signal?.aborted || Date.now() + delay > deadline) throw err;
-      await sleep(delay, options.signal);
+      await sleep(delay, undefined, { signal: options.signal }).catch(() => {}); // an abort ends the wait
       if (options.signal?.aborted) throw err;
     }
     delay = Math.min(delay * 2, options.maxDelayMs);
   }
-}
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-  });
 }
