@@ -65,7 +65,8 @@ const STABLE_LINK_MS = 30_000;
  * in a row, is rejected (once is enough when the server said so with a stream error): a server
  * that drops the connection over a stanza, its stream error lost to a TCP reset, is told apart
  * from a network drop that happened to meet it. A link lost with nothing in flight (during its
- * setup, or half-open) breaks the row: the network is failing whatever the stanza is.
+ * setup, or half-open) breaks the row: the network is failing whatever the stanza is; so does a
+ * server session resumed after the drop (XEP-0198 §5): the server did not end it over the stanza.
  */
 const STRIKES = 2;
 
@@ -404,7 +405,12 @@ export class Upstream extends EventEmitter {
     const { reconnect, log } = this.#deps;
     if (this.#archive) this.#heldBack ??= [];
     this.#listen(link);
-    if (await this.#resume(link)) return log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream session resumed');
+    if (await this.#resume(link)) {
+      // The server kept the session: it did not end it over the stanza in flight (a stream-level
+      // rejection ends the session), so the drop that met it was the network (see STRIKES).
+      this.#strikes = 0;
+      return log.info({ attempt, downMs: Date.now() - this.#downSince }, 'upstream session resumed');
+    }
     const binding = link.bind(this.#resource, reconnect.requestTimeoutMs);
     // Pipelined behind the bind (RFC 6120 §10.1: handled in order, in one read): nothing
     // routed to the new resource can come between its bind and its presence, so what

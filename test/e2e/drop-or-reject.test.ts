@@ -10,7 +10,7 @@ import { startProsody } from '../harness/prosody.ts';
 import { ACCOUNTS, startTestProxy, waitFor } from '../harness/proxy.ts';
 import { TcpRelay } from '../harness/tcp-relay.ts';
 import { RawClient } from '../harness/raw-client.ts';
-import { FAST_UPSTREAM, sessionOf } from '../harness/chat.ts';
+import { FAST_UPSTREAM, sessionOf, sleep } from '../harness/chat.ts';
 
 t.test('drops that meet the same stanza twice, with a failed setup between them: the stanza is delivered, the session lives', async (t) => {
   const prosody = await startProsody({ tls: 'none', accounts: ACCOUNTS });
@@ -50,5 +50,43 @@ t.test('drops that meet the same stanza twice, with a failed setup between them:
   t.equal(ack.attrs.h, '1', 'and is acked once the server has it');
   t.notOk(alice.received.some((el) => el.name === 'stream:error'), 'alice saw no stream error');
   await waitFor(() => session.upstreamLinked, 'linked again');
+  t.equal(bob.received.filter((el) => el.name === 'message' && el.attrs.id === 'victim').length, 1, 'once');
+});
+
+t.test("with the server's own XEP-0198: three drops in a row meet the same stanza, each followed by a resumed server session: the stanza is delivered, the session lives", async (t) => {
+  const prosody = await startProsody({ tls: 'none', smacks: true, accounts: ACCOUNTS });
+  t.teardown(() => prosody.stop());
+  const relay = await TcpRelay.start(prosody.c2sPort);
+  t.teardown(() => relay.close());
+  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port, tls: 'none' } });
+  t.teardown(() => tp.close());
+
+  const { client: bob } = await RawClient.login({ port: tp.port, user: 'bob', password: 'bob-pw', resource: 'r' });
+  t.teardown(() => bob.destroy());
+  bob.send('<presence/>');
+  const { client: alice } = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'a' });
+  t.teardown(() => alice.destroy());
+  alice.send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`);
+  await alice.next((el) => el.name === 'enabled');
+  const session = sessionOf(tp, 'alice@proxy.test/a');
+  const ended: string[] = [];
+  session.on('ended', (info: { cause: string }) => ended.push(info.cause));
+  let resumed = 0;
+  session.on('upstream-up', (info: { resumed: boolean }) => info.resumed && resumed++);
+
+  const kills = 3;
+  relay.killOn(/id='victim'/);
+  alice.send(`<message to='bob@proxy.test/r' type='chat' id='victim'><body>victim</body></message>`);
+  for (let i = 1; i < kills; i++) {
+    await waitFor(() => relay.killed === i, `drop ${i}`, 20_000);
+    relay.killOn(/id='victim'/);
+  }
+  await waitFor(() => relay.killed === kills, 'every drop happened', 20_000);
+  const got = await bob.next((el) => el.name === 'message' && el.attrs.id === 'victim', 20_000);
+  t.equal(got.getChildText('body'), 'victim', 'bob got the stanza after three lost links');
+  t.ok(resumed >= kills, `the server's session was resumed after each drop (${resumed})`);
+  t.same(ended, [], 'the session did not end');
+  t.notOk(alice.received.some((el) => el.name === 'stream:error'), 'alice saw no stream error');
+  await sleep(500);
   t.equal(bob.received.filter((el) => el.name === 'message' && el.attrs.id === 'victim').length, 1, 'once');
 });
