@@ -10,7 +10,7 @@
  * replayed presence is pipelined behind the bind, so offline storage empties before anything
  * live reaches the new resource.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { xml } from '@xmpp/client';
 import type { ProsodyOptions } from '../harness/prosody.ts';
 import { clientFor, waitFor } from '../harness/proxy.ts';
@@ -22,9 +22,14 @@ const VARIANTS: Array<{ name: string; prosody: ProsodyOptions }> = [
   { name: 'Prosody with its own SM (resumed by the proxy after a drop), without MAM', prosody: { smacks: true } },
 ];
 
-async function setup(t: { teardown(fn: () => unknown): void }, prosodyOptions: ProsodyOptions) {
-  const { relay, tp } = await prosodyBehindRelay(t, prosodyOptions);
-  return { relay, tp, ...(await chatPair(tp)) };
+async function setup(t: Test, prosodyOptions: ProsodyOptions) {
+  const { relay, tp, logTail } = await prosodyBehindRelay(t, prosodyOptions);
+  const pair = await chatPair(tp);
+  // On a failure, why a client dropped and what the proxy did (these failed only under load).
+  t.teardown(() => {
+    if (!t.passing()) t.comment(`${pair.drops.why.join('\n')}\nproxy log:\n${logTail()}`);
+  });
+  return { relay, tp, ...pair };
 }
 
 /** What of `want` is missing from `got`, for a failure message. */

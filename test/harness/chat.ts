@@ -2,6 +2,7 @@
  * Two @xmpp/client users chatting through a test proxy, for the fault-injection tests.
  */
 import { xml } from '@xmpp/client';
+import pino from 'pino';
 import { clientFor, waitFor, bodiesOf, startTestProxy, ACCOUNTS, type TestProxy } from './proxy.ts';
 import { startProsody, type ProsodyInstance, type ProsodyOptions } from './prosody.ts';
 import { TcpRelay } from './tcp-relay.ts';
@@ -25,13 +26,20 @@ export const count = (list: string[], body: string) => list.filter((b) => b === 
 /**
  * alice (resource a) and bob (resource b) on @xmpp/client through the proxy, SM enabled and
  * available. `aliceGot`/`bobGot` are the bodies each received (live arrays); `drops` counts
- * client-side disconnects; `say` sends a chat message.
+ * client-side disconnects (`drops.why`: each disconnect and client error, for a failure
+ * message); `say` sends a chat message.
  */
 export async function chatPair(tp: TestProxy) {
   const alice = clientFor(tp, 'alice', 'alice-pw', { resource: 'a' });
   const bob = clientFor(tp, 'bob', 'bob-pw', { resource: 'b' });
-  const drops = { n: 0 };
-  for (const c of [alice, bob]) c.on('disconnect', () => drops.n++);
+  const drops = { n: 0, why: [] as string[] };
+  for (const [name, c] of [['alice', alice], ['bob', bob]] as const) {
+    c.on('disconnect', (info?: { clean?: boolean; reason?: unknown }) => {
+      drops.n++;
+      drops.why.push(`${name} disconnected (clean: ${info?.clean}, reason: ${String(info?.reason ?? '')})`);
+    });
+    c.on('error', (err: Error & { condition?: string }) => drops.why.push(`${name} error: ${err.condition ?? ''} ${err.message}`));
+  }
   const aliceGot = bodiesOf(alice);
   const bobGot = bodiesOf(bob);
   await alice.start();
@@ -51,22 +59,35 @@ export async function prosodyBehindRelay(
   t: { teardown(fn: () => unknown): void },
   prosodyOptions: ProsodyOptions = {},
   overrides: Omit<Parameters<typeof startTestProxy>[1], 'upstream'> = {},
-): Promise<{ prosody: ProsodyInstance; relay: TcpRelay; tp: TestProxy }> {
+): Promise<{ prosody: ProsodyInstance; relay: TcpRelay; tp: TestProxy; logTail(): string }> {
   const prosody = await startProsody({ tls: 'required', accounts: ACCOUNTS, ...prosodyOptions });
   t.teardown(() => prosody.stop());
   const relay = await TcpRelay.start(prosody.c2sPort);
   t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { ...overrides, upstream: { ...FAST_UPSTREAM, port: relay.port } });
+  // The proxy's info lines (session events, never per stanza), the last LOG_TAIL kept for a
+  // failure message: fault tests that fail only under load must say why.
+  const lines: string[] = [];
+  const log = pino({ level: process.env.PROXY_LOG_LEVEL ?? 'info' }, {
+    write(line: string) {
+      if (process.env.PROXY_LOG_LEVEL) process.stderr.write(line);
+      lines.push(line.trimEnd());
+      if (lines.length > LOG_TAIL) lines.shift();
+    },
+  });
+  const tp = await startTestProxy(prosody, { ...overrides, upstream: { ...FAST_UPSTREAM, port: relay.port } }, log);
   t.teardown(() => tp.close());
-  return { prosody, relay, tp };
+  return { prosody, relay, tp, logTail: () => lines.join('\n') };
 }
+
+/** Proxy log lines kept by {@link prosodyBehindRelay}. */
+const LOG_TAIL = 400;
 
 /**
  * alice and bob of {@link chatPair} send each other numbered messages in turn (`a1`, `b1`,
  * `a2`…), one pair every `pauseMs`, until `stop()`, which resolves with how many pairs were sent.
  */
 export function twoWayStream(pair: Awaited<ReturnType<typeof chatPair>>, pauseMs: number): { stop(): Promise<number> } {
-  const { alice, bob, say } = pair;
+  const { alice, bob, say, drops } = pair;
   let sent = 0;
   let streaming = true;
   const stream = (async () => {
@@ -76,7 +97,11 @@ export function twoWayStream(pair: Awaited<ReturnType<typeof chatPair>>, pauseMs
       await say(bob, 'alice@proxy.test/a', `b${sent}`);
       await sleep(pauseMs);
     }
-  })();
+  })().catch((err: unknown) => {
+    // A client that lost its connection cannot send: the stream ends there (the test's
+    // assertions report it), rather than as an unhandled rejection that stalls the file.
+    drops.why.push(`sending failed: ${(err as Error).message}`);
+  });
   return {
     async stop() {
       streaming = false;
