@@ -88,7 +88,11 @@ t.test('a client that stops reading: the upstream is not read, the session ends,
   const again = await RawClient.login({ port: tp.port, user: 'alice', password: 'alice-pw', resource: 'awake' });
   t.teardown(() => again.client.destroy());
   again.client.send(`<presence/>`);
-  await waitFor(() => bodiesOf(again.client).length >= n, `all ${n} messages at the next login`, 60_000);
+  await waitFor(() => bodiesOf(again.client).length >= n, `all ${n} messages at the next login`, 60_000).catch((err: Error) => {
+    const got = bodiesOf(again.client);
+    const missing = Array.from({ length: n }, (_, i) => String(i + 1)).filter((b) => !got.includes(b));
+    throw new Error(`${err.message}: ${got.length} arrived, missing ${missing.length}: ${missing.slice(0, 20).join(' ')}…`);
+  });
   const got = bodiesOf(again.client);
   t.equal(new Set(got).size, n, 'every message');
   t.equal(got.length, n, 'each exactly once');
