@@ -26,7 +26,8 @@
 // Remote server restarted gracefully (SIGTERM, ~1.2 s for the whole restart): Prosody saves every
 // live room, temporary ones too, with occupants and history. Occupants of the local server stay
 // joined (self-ping: result, history kept); only the remote's own c2s users leave (unavailable,
-// status text "Disconnected: Received SIGTERM"). A temporary room saved that way stays in storage:
+// status text "Disconnected: Received SIGTERM"; sent during the shutdown, it can be lost when the
+// s2s link closes first, as CI under load saw once). A temporary room saved that way stays in storage:
 // after a later crash it is restored (without occupants) instead of being gone.
 //
 // Remote server hung (SIGSTOP):
@@ -165,9 +166,11 @@ t.test('a graceful restart of the remote keeps local occupants and history', asy
   const started = Date.now();
   await fed.remote.restart();
   t.comment(`graceful restart of the remote took ${Date.now() - started} ms`);
-  const ritaLeft = await received(alice, (el) => el.name === 'presence' && el.attrs.type === 'unavailable' && el.attrs.from === `${LOBBY}/rita`, "rita's unavailable");
-  t.comment(`alice saw rita leave: ${ritaLeft.getChildText('status')}`);
   t.same(await selfPing(alice, `${LOBBY}/alice`), { type: 'result' }, 'alice is still an occupant after the graceful restart');
+  // Prosody sends rita's unavailable while it shuts down, and its s2s link to us may close first:
+  // CI under load once saw it lost. So it is reported, not required.
+  const ritaLeft = alice.received.find((el) => el.name === 'presence' && el.attrs.type === 'unavailable' && el.attrs.from === `${LOBBY}/rita`);
+  t.comment(ritaLeft ? `alice saw rita leave: ${ritaLeft.getChildText('status')}` : "rita's unavailable was lost in the remote's shutdown");
   t.notOk(
     alice.received.some((el) => el.name === 'presence' && el.attrs.type === 'unavailable' && el.attrs.from === `${LOBBY}/alice`),
     'alice got no unavailable for herself',

@@ -14,13 +14,12 @@
  * the other's s2s listener and refuses every other host, so no DNS query leaves loopback.
  */
 import { readFile, stat } from 'node:fs/promises';
-import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { lua, startProsody, type ProsodyInstance, type ProsodyOptions } from './prosody.ts';
 import { ACCOUNTS } from './proxy.ts';
 import { RawClient } from './raw-client.ts';
 import { configureRoom, discoFeatures, joinRoom, leaveRoom, mucStatuses, stanzaError } from './muc.ts';
-import { sleep } from './server-process.ts';
+import { freePort, sleep } from './server-process.ts';
 
 /** Accounts of the local server: the proxy tests' {@link ACCOUNTS} (alice, bob) plus carol. */
 export const LOCAL_ACCOUNTS = [...ACCOUNTS, { user: 'carol', password: 'carol-pw' }];
@@ -90,25 +89,6 @@ export interface FederationOptions {
   remote?: FederatedServerOptions;
   /** Persistent rooms (node names) created on the remote's MUC service at start. Default `['lobby']`. */
   remoteRooms?: string[];
-}
-
-/** Free TCP port on a given loopback address (freePort() only asks 127.0.0.1). */
-function freePortOn(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const addr = srv.address();
-      if (addr === null || typeof addr === 'string') {
-        srv.close();
-        reject(new Error('freePortOn: unexpected server address'));
-        return;
-      }
-      const { port } = addr;
-      srv.close((err) => (err ? reject(err) : resolve(port)));
-    });
-  });
 }
 
 /** Size of a file, 0 when it does not exist yet. */
@@ -263,7 +243,7 @@ async function createPersistentRooms(server: FederatedServer, owner: { user: str
  * Throws (never skips) when Prosody is missing or a server cannot start.
  */
 export async function startFederation(t: { teardown(fn: () => unknown): void }, opts: FederationOptions = {}): Promise<Federation> {
-  const [localS2sPort, remoteS2sPort] = await Promise.all([freePortOn(LOCAL_S2S_HOST), freePortOn(REMOTE_S2S_HOST)]);
+  const [localS2sPort, remoteS2sPort] = await Promise.all([freePort(LOCAL_S2S_HOST), freePort(REMOTE_S2S_HOST)]);
   const local = { domain: 'proxy.test', mucDomain: 'conference.proxy.test', s2sHost: LOCAL_S2S_HOST, s2sPort: localS2sPort };
   const remote = { domain: 'remote.test', mucDomain: 'conference.remote.test', s2sHost: REMOTE_S2S_HOST, s2sPort: remoteS2sPort };
   // Each server reaches the other's host and its component at the other's s2s listener (a

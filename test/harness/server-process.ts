@@ -5,7 +5,8 @@
  * its log and a probe say it serves, signalled, restarted and stopped (SIGTERM, then SIGKILL).
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { constants as fsConstants, rmSync } from 'node:fs';
+import { randomInt } from 'node:crypto';
+import { constants as fsConstants, readFileSync, rmSync } from 'node:fs';
 import { access, readFile, rm, stat } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -75,26 +76,63 @@ export async function removeDir(dir: string): Promise<void> {
   liveDirs.delete(dir);
 }
 
-/**
- * Ask the kernel for a free TCP port: bind port 0 on 127.0.0.1, read the port, close.
- * Another process could grab it before it is used; on a test machine that race is acceptable.
- */
-export function freePort(): Promise<number> {
+/** Lowest port freePort() hands out: below it live well-known services (epmd 4369, XMPP 5222/5269, …). */
+const FREE_PORT_MIN = 10_000;
+/** Random picks freePort() tries before it falls back to a kernel-chosen (ephemeral) port. */
+const FREE_PORT_TRIES = 50;
+/** Ports this process handed out (bounded by its use: a few per server started). */
+const handedOut = new Set<number>();
+
+/** First port of the kernel's ephemeral range (Linux: ip_local_port_range), 32768 if unreadable. */
+function ephemeralLow(): number {
+  try {
+    const low = Number.parseInt(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0] ?? '', 10);
+    return Number.isInteger(low) && low > 0 ? low : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
+
+/** Bind `port` (0: the kernel picks) on `host`, close, and return the port that was bound. */
+function bindAndRelease(port: number, host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
     srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
+    srv.listen(port, host, () => {
       const addr = srv.address();
       if (addr === null || typeof addr === 'string') {
         srv.close();
         reject(new Error('freePort: unexpected server address'));
         return;
       }
-      const { port } = addr;
-      srv.close((err) => (err ? reject(err) : resolve(port)));
+      const bound = addr.port;
+      srv.close((err) => (err ? reject(err) : resolve(bound)));
     });
   });
+}
+
+/**
+ * A TCP port free on `host` (default 127.0.0.1) for a server the harness starts: a random port
+ * between 10000 and the start of the kernel's ephemeral range that binds now. Not a port from
+ * the ephemeral range (bind to port 0): between the pick and the server's own bind, any outgoing
+ * connection of a parallel test may take that port as its local port (CI saw ejabberd fail with
+ * eaddrinuse that way). Outside it, only another harness picking the same random port in the
+ * same moment could collide. Falls back to a kernel-chosen port when no pick binds.
+ */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const low = ephemeralLow();
+  if (low - FREE_PORT_MIN >= 1000) {
+    for (let i = 0; i < FREE_PORT_TRIES; i++) {
+      const port = randomInt(FREE_PORT_MIN, low);
+      if (handedOut.has(port)) continue;
+      const bound = await bindAndRelease(port, host).catch(() => undefined);
+      if (bound === undefined) continue;
+      handedOut.add(port);
+      return port;
+    }
+  }
+  return bindAndRelease(0, host);
 }
 
 /** Whether `file` exists and is executable (for a directory: searchable) by this process. */
