@@ -39,8 +39,10 @@ export interface CustodyOptions {
  *   client at the limit is not paused and resumed per stanza): the owner reads again.
  */
 export class Custody extends EventEmitter {
-  /** Stanzas not yet confirmed, oldest first. */
-  #held: string[] = [];
+  /** Stanzas not yet confirmed, oldest first (so in serial order). */
+  #held: Held[] = [];
+  /** Serial of the next stanza pushed. */
+  #nextSerial = 0;
   /** How many of #held (from the front) were written to the current link. */
   #sent = 0;
   /** How many of #held (from the front) came before XEP-0198 was enabled: not in any `h`. */
@@ -108,7 +110,8 @@ export class Custody extends EventEmitter {
       this.emit('confirmed', 1, 1); // nothing before it (so nothing uncounted): handled now
       return;
     }
-    this.#held.push(raw);
+    const held: Held = { raw, serial: this.#nextSerial++ };
+    this.#held.push(held);
     this.#bytes += raw.length;
     if (this.#bytes > this.#maxBytes && !this.#full) {
       this.#full = true;
@@ -116,7 +119,7 @@ export class Custody extends EventEmitter {
     }
     // While suspects are tried one at a time, later stanzas wait their turn (order is kept).
     if (!this.#link || this.#isolate > 0) return;
-    if (raw !== '') this.#link.send(raw, true);
+    if (raw !== '') this.#link.send(raw, held.serial);
     this.#sent++;
     this.#scheduleBarrier();
   }
@@ -149,7 +152,7 @@ export class Custody extends EventEmitter {
    */
   reject(): string | undefined {
     if (this.#link || this.#held.length === 0) return undefined;
-    const raw = this.#held.shift()!;
+    const { raw } = this.#held.shift()!;
     const counted = this.#uncounted > 0 ? 0 : 1;
     if (this.#uncounted > 0) this.#uncounted--;
     if (this.#isolate > 0) this.#isolate--;
@@ -176,8 +179,8 @@ export class Custody extends EventEmitter {
     const link = this.#link!;
     const upTo = this.#isolate > 0 ? Math.min(1, this.#held.length) : this.#held.length;
     for (; this.#sent < upTo; this.#sent++) {
-      const raw = this.#held[this.#sent]!;
-      if (raw !== '') link.send(raw, true);
+      const { raw, serial } = this.#held[this.#sent]!;
+      if (raw !== '') link.send(raw, serial);
     }
     this.#scheduleBarrier();
   }
@@ -216,24 +219,27 @@ export class Custody extends EventEmitter {
   }
 
   /**
-   * While no link is attached: the held stanzas `taken` picks reached the server after all
-   * (its archive shows them), so they count as confirmed and are not sent again.
+   * While no link is attached: the held stanzas `taken` picks reached the server after all (its
+   * archive shows them, or its resumed XEP-0198 session counted their serials), so they count
+   * as confirmed and are not sent again. `serial` is the number the stanza was sent under (see
+   * {@link UpstreamLink.send}).
    * @returns how many were taken.
    */
-  confirmWhere(taken: (raw: string) => boolean): number {
+  confirmWhere(taken: (raw: string, serial: number) => boolean): number {
     if (this.#link) return 0;
-    const kept: string[] = [];
+    const kept: Held[] = [];
     let n = 0;
     let counted = 0;
     let uncountedKept = 0;
     let bytes = 0;
-    this.#held.forEach((raw, i) => {
-      if (taken(raw)) {
+    this.#held.forEach((held, i) => {
+      const { raw } = held;
+      if (taken(raw, held.serial)) {
         n++;
         bytes += raw.length;
         if (i >= this.#uncounted) counted++;
       } else {
-        kept.push(raw);
+        kept.push(held);
         if (i < this.#uncounted) uncountedKept++;
       }
     });
@@ -256,7 +262,7 @@ export class Custody extends EventEmitter {
     this.#uncounted = Math.min(this.#uncounted, this.#held.length);
     this.#isolate = Math.min(this.#isolate, this.#held.length);
     this.#shrunk(sizeOf(rest));
-    return rest;
+    return rest.map((held) => held.raw);
   }
 
   /** `bytes` of held stanzas are gone: a full custody may have room again. */
@@ -313,9 +319,19 @@ export class Custody extends EventEmitter {
   }
 }
 
+/**
+ * A client stanza in custody. `serial` (counting from 0 per Custody) is what the link's
+ * XEP-0198 counter records it under, so a resumed server session's `h` names exactly which held
+ * stanzas it had, whatever a ping barrier confirmed meanwhile.
+ */
+interface Held {
+  raw: string;
+  serial: number;
+}
+
 /** Sum of the stanzas' lengths (see `Custody.pendingBytes`). */
-function sizeOf(stanzas: readonly string[]): number {
+function sizeOf(stanzas: readonly Held[]): number {
   let bytes = 0;
-  for (const raw of stanzas) bytes += raw.length;
+  for (const { raw } of stanzas) bytes += raw.length;
   return bytes;
 }

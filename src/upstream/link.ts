@@ -325,10 +325,11 @@ export class UpstreamLink extends EventEmitter {
   }
 
   /**
-   * Sends serialized XML (a stanza or nonza) to the server; `custody` marks a client stanza
-   * held in custody (its count matters when the server's SM session is resumed).
+   * Sends serialized XML (a stanza or nonza) to the server; `custody` is the serial of a client
+   * stanza held in custody (custody.ts), recorded in the SM counts so that a resumed server
+   * session tells which held stanzas it had. Undefined for the proxy's own stanzas.
    */
-  send(xml: string, custody = false): void {
+  send(xml: string, custody?: number): void {
     this.#writes++;
     this.#sm?.countOut(xml, custody);
     this.#stream.write(xml);

@@ -46,8 +46,8 @@ export class ServerSm extends EventEmitter {
   #id: string | undefined;
   /** `#outbound` when the server last confirmed everything (its `h` then). */
   #acked = 0;
-  /** For each stanza written since `#acked`: whether it was a client stanza held in custody. */
-  #custody: boolean[] = [];
+  /** For each stanza written since `#acked`: its custody serial, undefined for the proxy's own. */
+  #custody: Array<number | undefined> = [];
   readonly #write: (xml: string) => void;
 
   /**
@@ -80,13 +80,14 @@ export class ServerSm extends EventEmitter {
   }
 
   /**
-   * After `<resumed h/>`: how many of the client stanzas held in custody (the oldest first) the
-   * server had handled, or -1 when `h` is not possible (more than was written).
+   * After `<resumed h/>`: the custody serials (see `countOut`) of the client stanzas the server
+   * had handled since its last `<a/>`, oldest first; some may have been confirmed meanwhile by a
+   * ping barrier. Undefined when `h` is not possible (more than was written).
    */
-  custodyHandled(h: number): number {
+  custodyHandled(h: number): number[] | undefined {
     const handled = diffH(h, this.#acked);
-    if (handled > this.#custody.length) return -1;
-    return this.#custody.slice(0, handled).filter(Boolean).length;
+    if (handled > this.#custody.length) return undefined;
+    return this.#custody.slice(0, handled).filter((serial): serial is number => serial !== undefined);
   }
 
   get state(): ServerSmState {
@@ -95,9 +96,9 @@ export class ServerSm extends EventEmitter {
 
   /**
    * Counts a stanza written to the server (call for every write after `<enable/>`);
-   * `custody` marks the client stanzas held in custody.
+   * `custody` is the serial of a client stanza held in custody (custody.ts), else undefined.
    */
-  countOut(xml: string, custody: boolean): void {
+  countOut(xml: string, custody: number | undefined): void {
     if (!isStanzaText(xml)) return;
     this.#outbound = addH(this.#outbound, 1);
     // Bounded by what stays unconfirmed: an <a/> that confirms all empties it.
@@ -124,7 +125,7 @@ export class ServerSm extends EventEmitter {
       case 'resumed': {
         const h = parseH(el.attrs.h);
         if (this.#state !== 'resuming') break;
-        if (h === undefined || this.custodyHandled(h) < 0) {
+        if (h === undefined || this.custodyHandled(h) === undefined) {
           this.#set('off', `<resumed h='${el.attrs.h}'/> where ${this.#custody.length} stanzas were unconfirmed`);
           break;
         }

@@ -454,15 +454,17 @@ export class Upstream extends EventEmitter {
     if (!previous || this.#serverAcksBroken || !this.#deps.serverAcks) return false;
     const h = await link.resumeSm(previous, this.#deps.reconnect.requestTimeoutMs);
     if (h === undefined) return false;
-    const handled = previous.custodyHandled(h); // checked (>= 0) before <resumed/> was accepted
+    // Checked (defined) before <resumed/> was accepted. By serial, not by count: a ping barrier
+    // may already have confirmed some of them (counting them again confirmed a stanza the
+    // server never had: lost, yet acked to the client).
+    const handled = new Set(previous.custodyHandled(h));
     this.#watchServerSm(link.sm!);
     if (this.#closed || link.closed) {
       if (!link.closed) link.close(`<presence type='unavailable'/>`);
       this.#releaseHeldBack();
       return true;
     }
-    let left = handled;
-    this.custody.confirmWhere(() => left-- > 0); // the oldest `handled`, in order
+    this.custody.confirmWhere((_raw, serial) => handled.has(serial));
     if (this.#csi) link.send(this.#csi);
     // The server re-sent what the dead link missed: no gap to fill.
     this.#releaseHeldBack();

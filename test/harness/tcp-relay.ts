@@ -10,7 +10,7 @@ import * as net from 'node:net';
 export class TcpRelay {
   readonly port: number;
   #server: net.Server;
-  #pairs = new Set<{ a: net.Socket; b: net.Socket; frozen: boolean; holdCloses: boolean }>();
+  #pairs = new Set<{ a: net.Socket; b: net.Socket; frozen: boolean; holdCloses: boolean; held?: Buffer[] }>();
   #frozen = false;
   #holdCloses = false;
   /** Connections whose target side closed while their client side was still open. */
@@ -20,6 +20,10 @@ export class TcpRelay {
   /** Connections reset by {@link killOn}. */
   killed = 0;
   #kills: RegExp[] = [];
+  #inTurn: RegExp[] = [];
+  #holds: Array<{ pattern: RegExp; release: Promise<void> }> = [];
+  /** Everything the client side sent, per connection in accept order (text, latin1). */
+  readonly sent: string[] = [];
 
   private constructor(server: net.Server, port: number) {
     this.#server = server;
@@ -38,17 +42,36 @@ export class TcpRelay {
   #accept(a: net.Socket, targetPort: number): void {
     this.accepted++;
     const b = net.connect({ host: '127.0.0.1', port: targetPort });
-    const pair = { a, b, frozen: this.#frozen, holdCloses: this.#holdCloses };
+    const pair: { a: net.Socket; b: net.Socket; frozen: boolean; holdCloses: boolean; held?: Buffer[] } = { a, b, frozen: this.#frozen, holdCloses: this.#holdCloses };
     this.#pairs.add(pair);
+    const index = this.sent.push('') - 1;
     const forward = (from: net.Socket, to: net.Socket, watch: boolean) =>
       from.on('data', (chunk: Buffer) => {
-        if (watch && this.#kills.length > 0) {
+        if (watch) this.sent[index] += chunk.toString('latin1');
+        else if (pair.held) return void pair.held.push(chunk);
+        else if (this.#holds.length > 0) {
+          const text = chunk.toString('latin1');
+          const i = this.#holds.findIndex((h) => h.pattern.test(text));
+          if (i !== -1) {
+            // Held in order: this and what follows wait for the release.
+            const { release } = this.#holds.splice(i, 1)[0]!;
+            pair.held = [chunk];
+            void release.then(() => {
+              const held = pair.held ?? [];
+              pair.held = undefined;
+              if (!pair.frozen && !to.destroyed) for (const c of held) to.write(c);
+            });
+            return;
+          }
+        }
+        if (watch && (this.#kills.length > 0 || this.#inTurn.length > 0)) {
           // The proxy writes each event-loop turn's output as one chunk: a stanza is not split.
           const text = chunk.toString('latin1');
           const i = this.#kills.findIndex((k) => k.test(text));
-          if (i !== -1) {
+          if (i !== -1 || this.#inTurn[0]?.test(text)) {
+            if (i !== -1) this.#kills.splice(i, 1);
+            else this.#inTurn.shift();
             // The upstream "dies" just as this arrives: the server never sees it.
-            this.#kills.splice(i, 1);
             this.killed++;
             reset(a);
             reset(b);
@@ -84,6 +107,23 @@ export class TcpRelay {
    */
   killOn(pattern: RegExp): void {
     this.#kills.push(pattern);
+  }
+
+  /**
+   * Arms one-shot faults that fire in the given order, as {@link killOn} each: only the first
+   * not yet fired is watched for. Armed up front, so no reconnect can outrun the test re-arming.
+   */
+  killInTurn(patterns: RegExp[]): void {
+    this.#inTurn.push(...patterns);
+  }
+
+  /**
+   * Arms a one-shot hold: the next chunk the target sends that matches `pattern`, and everything
+   * after it on that connection, is forwarded (in order) only once `release` resolves: a server
+   * answer that is late, without anything overtaking it.
+   */
+  holdFromTarget(pattern: RegExp, release: Promise<void>): void {
+    this.#holds.push({ pattern, release });
   }
 
   /** Live connections. */
