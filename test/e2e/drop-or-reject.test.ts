@@ -6,19 +6,12 @@
  * the stanza (plain-text upstream), or its SASL `<auth>` (a setup that fails).
  */
 import t from 'tap';
-import { startProsody } from '../harness/prosody.ts';
-import { ACCOUNTS, startTestProxy, waitFor } from '../harness/proxy.ts';
-import { TcpRelay } from '../harness/tcp-relay.ts';
+import { waitFor } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
-import { FAST_UPSTREAM, sessionOf, sleep } from '../harness/chat.ts';
+import { prosodyBehindRelay, sessionOf, sleep } from '../harness/chat.ts';
 
 t.test('drops that meet the same stanza twice, with a failed setup between them: the stanza is delivered, the session lives', async (t) => {
-  const prosody = await startProsody({ tls: 'none', accounts: ACCOUNTS });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port, tls: 'none' } });
-  t.teardown(() => tp.close());
+  const { relay, tp } = await prosodyBehindRelay(t, { tls: 'none' });
 
   const { client: bob } = await RawClient.login({ port: tp.port, user: 'bob', password: 'bob-pw', resource: 'r' });
   t.teardown(() => bob.destroy());
@@ -50,12 +43,7 @@ t.test('drops that meet the same stanza twice, with a failed setup between them:
 });
 
 t.test("with the server's own XEP-0198: three drops in a row meet the same stanza, each followed by a resumed server session: the stanza is delivered, the session lives", async (t) => {
-  const prosody = await startProsody({ tls: 'none', smacks: true, accounts: ACCOUNTS });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port, tls: 'none' } });
-  t.teardown(() => tp.close());
+  const { relay, tp } = await prosodyBehindRelay(t, { tls: 'none', smacks: true });
 
   const { client: bob } = await RawClient.login({ port: tp.port, user: 'bob', password: 'bob-pw', resource: 'r' });
   t.teardown(() => bob.destroy());

@@ -8,21 +8,14 @@
  * the first stanza's barrier (a ping) is out, then resets the link on the next stanza.
  */
 import t from 'tap';
-import { startProsody } from '../harness/prosody.ts';
-import { ACCOUNTS, startTestProxy, waitFor } from '../harness/proxy.ts';
-import { TcpRelay } from '../harness/tcp-relay.ts';
+import { waitFor } from '../harness/proxy.ts';
 import { RawClient } from '../harness/raw-client.ts';
-import { FAST_UPSTREAM, sessionOf, sleep } from '../harness/chat.ts';
+import { prosodyBehindRelay, sessionOf, sleep } from '../harness/chat.ts';
 
 const chat = (id: string) => `<message to='bob@proxy.test/r' type='chat' id='${id}'><body>${id}</body></message>`;
 
 t.test('a stanza confirmed by a ping before the server enabled SM is not counted again when its session is resumed: the next one is sent again, arrives once', async (t) => {
-  const prosody = await startProsody({ tls: 'none', smacks: true, accounts: ACCOUNTS });
-  t.teardown(() => prosody.stop());
-  const relay = await TcpRelay.start(prosody.c2sPort);
-  t.teardown(() => relay.close());
-  const tp = await startTestProxy(prosody, { upstream: { ...FAST_UPSTREAM, port: relay.port, tls: 'none' } });
-  t.teardown(() => tp.close());
+  const { relay, tp } = await prosodyBehindRelay(t, { tls: 'none', smacks: true });
 
   const { client: bob } = await RawClient.login({ port: tp.port, user: 'bob', password: 'bob-pw', resource: 'r' });
   t.teardown(() => bob.destroy());

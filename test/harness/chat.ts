@@ -74,7 +74,9 @@ export async function prosodyBehindRelay(
       if (lines.length > LOG_TAIL) lines.shift();
     },
   });
-  const tp = await startTestProxy(prosody, { ...overrides, upstream: { ...FAST_UPSTREAM, port: relay.port } }, log);
+  // A plain-text upstream (tls 'none') lets the relay match what the proxy sends (TcpRelay.killOn).
+  const tls = prosodyOptions.tls === 'none' ? { tls: 'none' as const } : {};
+  const tp = await startTestProxy(prosody, { ...overrides, upstream: { ...FAST_UPSTREAM, port: relay.port, ...tls } }, log);
   t.teardown(() => tp.close());
   return { prosody, relay, tp, logTail: () => lines.join('\n') };
 }
