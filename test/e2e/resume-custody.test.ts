@@ -16,6 +16,7 @@ const chat = (id: string) => `<message to='bob@proxy.test/r' type='chat' id='${i
 
 t.test('a stanza confirmed by a ping before the server enabled SM is not counted again when its session is resumed: the next one is sent again, arrives once', async (t) => {
   const { relay, tp } = await prosodyBehindRelay(t, { tls: 'none', smacks: true });
+  relay.record = true;
 
   const { client: bob } = await RawClient.login({ port: tp.port, user: 'bob', password: 'bob-pw', resource: 'r' });
   t.teardown(() => bob.destroy());

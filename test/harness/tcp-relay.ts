@@ -7,10 +7,22 @@
  */
 import * as net from 'node:net';
 
+/** Characters of each connection's client-side traffic kept in {@link TcpRelay.sent}. */
+const SENT_TAIL = 64 * 1024;
+
+/** One relayed connection: `held` is what a hold keeps back from the client side until released. */
+interface Pair {
+  a: net.Socket;
+  b: net.Socket;
+  frozen: boolean;
+  holdCloses: boolean;
+  held?: Buffer[];
+}
+
 export class TcpRelay {
   readonly port: number;
   #server: net.Server;
-  #pairs = new Set<{ a: net.Socket; b: net.Socket; frozen: boolean; holdCloses: boolean; held?: Buffer[] }>();
+  #pairs = new Set<Pair>();
   #frozen = false;
   #holdCloses = false;
   /** Connections whose target side closed while their client side was still open. */
@@ -22,7 +34,12 @@ export class TcpRelay {
   #kills: RegExp[] = [];
   #inTurn: RegExp[] = [];
   #holds: Array<{ pattern: RegExp; release: Promise<void> }> = [];
-  /** Everything the client side sent, per connection in accept order (text, latin1). */
+  /** Whether {@link sent} records what the client side sends (off by default: it costs a copy per chunk). */
+  record = false;
+  /**
+   * While {@link record} is on: what the client side sent, per connection in accept order
+   * (latin1 text, its last 64 KiB; empty for what it sent while recording was off).
+   */
   readonly sent: string[] = [];
 
   private constructor(server: net.Server, port: number) {
@@ -42,46 +59,47 @@ export class TcpRelay {
   #accept(a: net.Socket, targetPort: number): void {
     this.accepted++;
     const b = net.connect({ host: '127.0.0.1', port: targetPort });
-    const pair: { a: net.Socket; b: net.Socket; frozen: boolean; holdCloses: boolean; held?: Buffer[] } = { a, b, frozen: this.#frozen, holdCloses: this.#holdCloses };
+    const pair: Pair = { a, b, frozen: this.#frozen, holdCloses: this.#holdCloses };
     this.#pairs.add(pair);
     const index = this.sent.push('') - 1;
-    const forward = (from: net.Socket, to: net.Socket, watch: boolean) =>
-      from.on('data', (chunk: Buffer) => {
-        if (watch) this.sent[index] += chunk.toString('latin1');
-        else if (pair.held) return void pair.held.push(chunk);
-        else if (this.#holds.length > 0) {
-          const text = chunk.toString('latin1');
-          const i = this.#holds.findIndex((h) => h.pattern.test(text));
-          if (i !== -1) {
-            // Held in order: this and what follows wait for the release.
-            const { release } = this.#holds.splice(i, 1)[0]!;
-            pair.held = [chunk];
-            void release.then(() => {
-              const held = pair.held ?? [];
-              pair.held = undefined;
-              if (!pair.frozen && !to.destroyed) for (const c of held) to.write(c);
-            });
-            return;
-          }
-        }
-        if (watch && (this.#kills.length > 0 || this.#inTurn.length > 0)) {
-          // The proxy writes each event-loop turn's output as one chunk: a stanza is not split.
-          const text = chunk.toString('latin1');
-          const i = this.#kills.findIndex((k) => k.test(text));
-          if (i !== -1 || this.#inTurn[0]?.test(text)) {
-            if (i !== -1) this.#kills.splice(i, 1);
-            else this.#inTurn.shift();
-            // The upstream "dies" just as this arrives: the server never sees it.
-            this.killed++;
-            reset(a);
-            reset(b);
-            return;
-          }
-        }
-        if (!pair.frozen) to.write(chunk);
-      });
-    forward(a, b, true);
-    forward(b, a, false);
+    // Client side to target: recorded, and watched for the armed kills.
+    a.on('data', (chunk: Buffer) => {
+      if (!this.record && this.#kills.length === 0 && this.#inTurn.length === 0) {
+        if (!pair.frozen) b.write(chunk);
+        return;
+      }
+      // The proxy writes each event-loop turn's output as one chunk: a stanza is not split.
+      const text = chunk.toString('latin1');
+      if (this.record) this.sent[index] = (this.sent[index] + text).slice(-SENT_TAIL);
+      const i = this.#kills.findIndex((k) => k.test(text));
+      if (i !== -1 || this.#inTurn[0]?.test(text)) {
+        if (i !== -1) this.#kills.splice(i, 1);
+        else this.#inTurn.shift();
+        // The upstream "dies" just as this arrives: the server never sees it.
+        this.killed++;
+        reset(a);
+        reset(b);
+        return;
+      }
+      if (!pair.frozen) b.write(chunk);
+    });
+    // Target to client side: watched for the armed holds.
+    b.on('data', (chunk: Buffer) => {
+      if (pair.held) return void pair.held.push(chunk);
+      const i = this.#holds.length > 0 ? this.#holds.findIndex((h) => h.pattern.test(chunk.toString('latin1'))) : -1;
+      if (i !== -1) {
+        // Held in order: this and what follows wait for the release.
+        const { release } = this.#holds.splice(i, 1)[0]!;
+        pair.held = [chunk];
+        void release.then(() => {
+          const held = pair.held ?? [];
+          pair.held = undefined;
+          if (!pair.frozen && !a.destroyed) for (const c of held) a.write(c);
+        });
+        return;
+      }
+      if (!pair.frozen) a.write(chunk);
+    });
     const close = () => {
       a.destroy();
       b.destroy();
